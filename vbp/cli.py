@@ -1,0 +1,279 @@
+"""Command line: a thin click layer over the library.
+
+Errors are translated in one place (`VbpGroup.invoke`): bad input prints one readable message and
+exits 2, runtime failures exit 1, and the traceback appears only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import click
+import pandas as pd
+
+from vbp import __version__, data
+from vbp.errors import InputError, SimulationError
+from vbp.scenario import flatten, load_raw, load_scenario
+
+__all__ = ["main", "cli"]
+
+HEADLINE = "national-history"
+
+
+class VbpGroup(click.Group):
+    """Click group that turns vbp's errors into messages and exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        debug = "--debug" in sys.argv or bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except SimulationError as exc:
+            if debug:
+                raise
+            click.echo(f"simulation failed: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted; files already written are complete", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=VbpGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vbp")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def cli(debug: bool) -> None:
+    """Simulate China's national volume-based procurement (VBP) rounds."""
+
+
+def _common(f):
+    """Options shared by the commands that simulate."""
+    f = click.option("--quiet", is_flag=True, help="No progress bar.")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(f)
+    f = click.option("--out", type=click.Path(file_okay=False), help="Write tables and a manifest here.")(f)
+    f = click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+                     help="Override a scenario field by dotted path (repeatable); see `vbp params`.")(f)
+    f = click.option("--workers", type=click.IntRange(1, 256), default=None,
+                     help="Worker processes (default: all cores).")(f)
+    f = click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=20181206, show_default=True,
+                     help="Root random seed.")(f)
+    f = click.option("--replications", "-n", type=click.IntRange(1, 100000), default=10, show_default=True,
+                     help="Replications (independent simulated histories).")(f)
+    return f
+
+
+def _progress(quiet: bool):
+    """A progress callback drawing a bar on stderr, or None when quiet or not a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("replications"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeRemainingColumn(), console=_stderr_console(), transient=True)
+    task = bar.add_task("run", total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return bar, update
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _simulate(scenario_ref, overrides, replications, seed, workers, quiet):
+    from vbp.experiment import run
+
+    scenario = load_scenario(scenario_ref, overrides)
+    bar, update = _progress(quiet)
+    if bar:
+        with bar:
+            return run(scenario, replications=replications, seed=seed, workers=workers, progress=update)
+    return run(scenario, replications=replications, seed=seed, workers=workers)
+
+
+def _finite(x):
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+def _result_json(result, rows, per_round) -> dict:
+    return {
+        "targets": [{k: _finite(r[k]) for k in ("name", "published", "mean", "ci_low", "ci_high",
+                                                 "tolerance", "ok")} for r in rows],
+        "rounds": [{"round": r["round"], "published": r["published_avg_cut"], "mean": _finite(r["avg_cut"]),
+                    "ci_low": _finite(r["avg_cut_ci"][0]), "ci_high": _finite(r["avg_cut_ci"][1])}
+                   for r in per_round],
+        "scenario": result.scenario.name,
+        "scenario_sha256": result.scenario.digest(),
+        "replications": result.replications,
+        "seed": result.seed,
+        "version": __version__,
+        "wall_s": round(result.wall_s, 3),
+        "solve_s": round(result.solve_s, 3),
+    }
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "bn":
+        return f"¥{value:,.1f} bn"
+    return f"{value:,.1f}"
+
+
+def _print_tables(result, rows, per_round) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(100, Console().width))
+    t = Table(title=f"{result.scenario.name}: published vs simulated "
+                    f"({result.replications} replications, seed {result.seed})")
+    for col in ("target", "published", "simulated mean", "95% interval", "tolerance", "within?"):
+        t.add_column(col, justify="left" if col == "target" else "right")
+    for r in rows:
+        kind = "bn" if r["name"].endswith("_bn") else "pct"
+        t.add_row(r["name"], _fmt(r["published"], kind), _fmt(r["mean"], kind),
+                  f"{_fmt(r['ci_low'], kind)} – {_fmt(r['ci_high'], kind)}",
+                  ("±" + _fmt(r["tolerance"], kind)), "yes" if r["ok"] else "NO")
+    for r in per_round:
+        t.add_row(f"avg cut: {r['round']}", _fmt(r["published_avg_cut"], "pct"), _fmt(r["avg_cut"], "pct"),
+                  f"{_fmt(r['avg_cut_ci'][0], 'pct')} – {_fmt(r['avg_cut_ci'][1], 'pct')}", "", "")
+    console.print(t)
+    d = Table(title="per round: winners and savings (simulated mean; published in brackets)")
+    for col in ("round", "procured", "winning products", "winning firms", "winner share",
+                "annual savings", "max cut"):
+        d.add_column(col, justify="left" if col == "round" else "right")
+
+    def pair(sim, pub, kind="num"):
+        return f"{_fmt(sim, kind)} [{_fmt(pub, kind)}]" if pub is not None else _fmt(sim, kind)
+
+    for r in per_round:
+        d.add_row(r["round"], _fmt(r["procured"], "num"),
+                  pair(r["winning_products"], r["published_winning_products"]),
+                  pair(r["winning_firms"], r["published_winning_firms"]), _fmt(r["winner_share"], "pct"),
+                  pair(r["annual_savings_bn"], r["published_annual_savings_bn"], "bn"),
+                  pair(r["max_cut"], r["published_max_cut"], "pct"))
+    console.print(d)
+    console.print(f"wall time {result.wall_s:.1f} s on {result.workers} worker(s); "
+                  f"optimizer {result.solve_s:.1f} s of replication time")
+
+
+def _report(result, as_json: bool, out: str | None, kind: str) -> None:
+    from vbp import metrics
+    from vbp.output import prepare_out_dir, write_run
+
+    rows, per_round = metrics.compare(result.frames)
+    doc = _result_json(result, rows, per_round)
+    if out:
+        rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])
+        head = metrics.headline_metrics(result.frames).reset_index()
+        path = metrics.savings_path(result.frames["deliveries"])
+        write_run(prepare_out_dir(out), kind=kind, scenario=result.scenario, seed=result.seed,
+                  replications=result.replications, frames=result.frames,
+                  tables={"round_metrics": rm, "headline": head, "savings_path": path,
+                          "targets": pd.DataFrame(rows)},
+                  summary=doc, wall_s=result.wall_s)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        _print_tables(result, rows, per_round)
+        if out:
+            click.echo(f"wrote {out}")
+
+
+@cli.command()
+@_common
+def reproduce(replications, seed, workers, overrides, out, as_json, quiet):
+    """Simulate the national history and set it beside the published outcomes."""
+    if out:
+        from vbp.output import prepare_out_dir
+
+        prepare_out_dir(out)
+    result = _simulate(HEADLINE, overrides, replications, seed, workers, quiet)
+    _report(result, as_json, out, "reproduce")
+
+
+@cli.command(name="run")
+@click.argument("scenario")
+@_common
+def run_cmd(scenario, replications, seed, workers, overrides, out, as_json, quiet):
+    """Simulate SCENARIO (an embedded name or a TOML file)."""
+    if out:
+        from vbp.output import prepare_out_dir
+
+        prepare_out_dir(out)
+    result = _simulate(scenario, overrides, replications, seed, workers, quiet)
+    _report(result, as_json, out, "run")
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def scenarios(ctx):
+    """List embedded scenarios and rulebooks."""
+    if ctx.invoked_subcommand is None:
+        click.echo("embedded scenarios:")
+        for name in data.embedded_scenarios():
+            raw, _ = load_raw(name)
+            click.echo(f"  {name:<24} {raw['description']}")
+        click.echo("rulebooks:")
+        for name, rb in data.read_toml("rulebooks.toml")["rulebooks"].items():
+            click.echo(f"  {name:<12} {rb['kind']:<13} {rb.get('description', '')}")
+        click.echo("round ids (use in a scenario's `rounds` list):")
+        for rid, r in data.read_toml("rounds.toml")["rounds"].items():
+            click.echo(f"  {rid:<12} {r['name']}")
+
+
+@scenarios.command()
+@click.argument("name")
+def show(name):
+    """Print embedded scenario NAME as TOML, to copy and edit."""
+    names = data.embedded_scenarios()
+    if name not in names:
+        from vbp.errors import did_you_mean
+
+        raise InputError(f"no embedded scenario {name!r}{did_you_mean(name, names)}; embedded: "
+                         + ", ".join(names), field="NAME", value=name)
+    click.echo((data.scenario_dir() / f"{name}.toml").read_text(encoding="utf-8"), nl=False)
+
+
+@cli.command()
+@click.argument("scenario")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field.")
+def check(scenario, overrides):
+    """Validate SCENARIO and print a summary, or what is wrong (exit 2)."""
+    s = load_scenario(scenario, overrides)
+    click.echo(f"ok: {s.name}: {len(s.rounds)} rounds "
+               f"({s.rounds[0].bid_date} .. {s.rounds[-1].bid_date}), horizon {s.start} .. {s.end}, "
+               f"{sum(r.molecules for r in s.rounds)} molecules/units listed, sha256 {s.digest()[:12]}")
+
+
+@cli.command()
+@click.argument("scenario")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, default, description}.")
+def params(scenario, as_json):
+    """List every parameter of SCENARIO that --set and sweeps can change."""
+    from vbp.scenario import describe
+
+    raw, _ = load_raw(scenario)
+    rows = [{"path": p, "default": v, "description": describe(p)} for p, v in flatten(raw)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for r in rows:
+        default = "unset" if r["default"] is None else r["default"]
+        click.echo(f"{r['path']:<48} {str(default):<24} {r['description']}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    cli(prog_name="vbp")
+

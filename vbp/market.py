@@ -1,0 +1,261 @@
+"""Markets: turning a round's published facts into molecules (or device units) and their bidders.
+
+Per-molecule data is not public for most rounds, so each replication generates the molecules of a
+round from round-level facts by this documented, seeded procedure (docs/model.md, Initialisation):
+
+1. products P: `bidding_products`, else `bidding_firms x products_per_firm`; firms F likewise.
+2. bidders per molecule n_m = 1 + Multinomial(P - M, Dirichlet(bidders_dispersion)): every listed
+   molecule has at least one bidder and the total equals P.
+3. firms drawn from the national pool by size, distinct within a molecule, unused firms favoured so
+   that about F distinct firms bid; one bidder per molecule is the originator with probability
+   `originator_bid_prob`.
+4. molecule market values: the round's value split by lognormal weights (`molecule_value_sigma`);
+   reference prices per unit lognormal; demand = value / reference price, spread over the
+   participating provinces by population.
+5. unit costs from the category's cost distribution (fractions of the reference price); originators
+   also forgo a brand margin (`originator_premium`), which raises the lowest price they accept.
+
+Device rounds use their own structure: stents are one group of products with brand-level demand;
+joints are category x group A/B units (group A = the firms inside the top 85% of cumulative
+intended volume, topped up to 7); insulin varieties are groups with brand-level demand. The
+published outcomes are never used here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vbp.data import provinces
+from vbp.scenario import AgentParams, MarketParams, Round
+from vbp.strategies import CostDistribution
+
+__all__ = ["Unit", "FirmPool", "make_firm_pool", "generate_units", "cost_distribution",
+           "JOINT_CATEGORIES"]
+
+# Hip bearings and knee; hip volume split across bearings is not published (equal thirds, L).
+JOINT_CATEGORIES = (("hip ceramic-ceramic", 1 / 3, 35000.0), ("hip ceramic-PE", 1 / 3, 35000.0),
+                    ("hip alloy-PE", 1 / 3, 35000.0), ("knee", 1.0, 32000.0))
+HIP_SYSTEMS, KNEE_SYSTEMS = 305542, 231976  # [A3,A4] (H)
+
+
+@dataclass(frozen=True)
+class FirmPool:
+    """The manufacturers of one replication: home province and size (sales weight)."""
+
+    home: np.ndarray  # (F,) province index
+    size: np.ndarray  # (F,) relative size, sums to 1
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One molecule (drugs) or competition unit (devices) with its bidders."""
+
+    round_id: str
+    index: int
+    label: str
+    norm_price: float  # yuan per unit that costs and bids are expressed against (reference price)
+    ref_price: np.ndarray  # (n,) yuan per unit, pre-VBP price of each bidder's product
+    demand: float  # reported annual demand of the participating regions, units
+    ceiling: float  # yuan per unit
+    firm: np.ndarray  # (n,) firm ids
+    originator: np.ndarray  # (n,) bool
+    cost: np.ndarray  # (n,) yuan per unit
+    reserve: np.ndarray  # (n,) lowest acceptable price, yuan per unit (cost + forgone brand margin)
+    capacity: np.ndarray  # (n,) units per year
+    demand_share: np.ndarray | None  # (n,) brand-level share of demand (devices, insulin)
+    province_idx: np.ndarray  # (P,) participating provinces
+    province_demand: np.ndarray  # (P,) units per year
+
+    @property
+    def n(self) -> int:
+        return len(self.firm)
+
+
+def make_firm_pool(agents: AgentParams, rng: np.random.Generator) -> FirmPool:
+    """Draw the national pool: homes by population, sizes Pareto-like (a few large groups)."""
+    prov = provinces()
+    home = rng.choice(len(prov.name), size=agents.firm_pool, p=prov.weights())
+    size = rng.pareto(1.5, size=agents.firm_pool) + 1.0
+    return FirmPool(home=home, size=size / size.sum())
+
+
+def cost_distribution(agents: AgentParams, category: str, scale: float = 1.0) -> CostDistribution:
+    """The category's unit-cost distribution, as a fraction of the reference price times `scale`."""
+    median = getattr(agents, f"cost_median_{category}") * scale
+    sigma = getattr(agents, f"cost_sigma_{category}")
+    return CostDistribution(median=median, sigma=sigma, upper=1.5 * scale)
+
+
+def _counts(total: int, groups: int, dispersion: float, rng: np.random.Generator) -> np.ndarray:
+    """Split `total` items into `groups` counts, each >= 1, unevenly (gamma weights)."""
+    total = max(total, groups)
+    w = rng.gamma(dispersion, size=groups)
+    return 1 + rng.multinomial(total - groups, w / w.sum())
+
+
+def _pick_firms(pool: FirmPool, n_firms: int, counts: np.ndarray, distinct: bool,
+                rng: np.random.Generator) -> list[np.ndarray]:
+    """Choose the round's firms, then each group's bidders among them (favouring unused firms)."""
+    n_firms = min(n_firms, len(pool.size))
+    firms = rng.choice(len(pool.size), size=n_firms, replace=False, p=pool.size)
+    weight = pool.size[firms]
+    used = np.zeros(n_firms, dtype=bool)
+    out = []
+    for n in counts:
+        w = weight * np.where(used, 1.0, 20.0)
+        k = min(int(n), n_firms) if distinct else int(n)
+        pick = rng.choice(n_firms, size=k, replace=not distinct, p=w / w.sum())
+        used[pick] = True
+        out.append(firms[pick])
+    return out
+
+
+def _products_and_firms(rnd: Round, agents: AgentParams) -> tuple[int, int]:
+    ppf = agents.products_per_firm
+    if rnd.bidding_products is not None:
+        products = rnd.bidding_products
+        firms = rnd.bidding_firms or max(1, round(products / ppf))
+    elif rnd.bidding_firms is not None:
+        firms = rnd.bidding_firms
+        products = max(rnd.molecules, round(firms * ppf))
+    else:
+        products, firms = 3 * rnd.molecules, max(1, round(3 * rnd.molecules / ppf))
+    return max(products, rnd.molecules), firms
+
+
+def _province_split(rnd: Round, demand: float) -> tuple[np.ndarray, np.ndarray]:
+    prov = provinces()
+    idx = prov.index(rnd.provinces)
+    return idx, demand * prov.weights(rnd.provinces)
+
+
+def _capacity(agents: AgentParams, demand: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    return demand * rng.uniform(agents.capacity_low, agents.capacity_high, size=n)
+
+
+def generate_units(rnd: Round, agents: AgentParams, market: MarketParams, pool: FirmPool,
+                   rng: np.random.Generator) -> list[Unit]:
+    """All molecules / competition units of one round, with bidders, costs and demand."""
+    if rnd.category == "drug":
+        return _drug_units(rnd, agents, market, pool, rng)
+    if rnd.category == "insulin":
+        return _insulin_units(rnd, agents, market, pool, rng)
+    if rnd.category == "stent":
+        return _stent_units(rnd, agents, market, pool, rng)
+    return _joint_units(rnd, agents, market, pool, rng)
+
+
+def _drug_units(rnd, agents, market, pool, rng) -> list[Unit]:
+    products, n_firms = _products_and_firms(rnd, agents)
+    counts = _counts(products, rnd.molecules, market.bidders_dispersion, rng)
+    firm_lists = _pick_firms(pool, n_firms, counts, True, rng)
+    w = rng.lognormal(0.0, market.molecule_value_sigma, size=rnd.molecules)
+    values = rnd.market_value_bn * 1e9 * w / w.sum()
+    ref = market.ref_price_median_yuan * rng.lognormal(0.0, market.ref_price_sigma, size=rnd.molecules)
+    dist = cost_distribution(agents, "drug")
+    units = []
+    for m in range(rnd.molecules):
+        firm = firm_lists[m]
+        n = len(firm)
+        orig = np.zeros(n, dtype=bool)
+        if rng.random() < agents.originator_bid_prob:
+            orig[0] = True
+        cost = dist.sample(rng, n) * ref[m]
+        reserve = cost + orig * agents.originator_premium * ref[m]
+        demand = values[m] / ref[m]
+        idx, pdem = _province_split(rnd, demand)
+        units.append(Unit(
+            round_id=rnd.id, index=m, label=f"{rnd.id}/m{m + 1:02d}", norm_price=float(ref[m]),
+            ref_price=np.full(n, ref[m]), demand=float(demand), ceiling=float(rnd.ceiling_ratio * ref[m]),
+            firm=firm, originator=orig, cost=cost, reserve=reserve,
+            capacity=_capacity(agents, demand, n, rng), demand_share=None,
+            province_idx=idx, province_demand=pdem,
+        ))
+    return units
+
+
+def _brand_shares(n: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    w = rng.lognormal(0.0, sigma, size=n)
+    return w / w.sum()
+
+
+def _insulin_units(rnd, agents, market, pool, rng) -> list[Unit]:
+    products, n_firms = _products_and_firms(rnd, agents)
+    counts = _counts(products, rnd.molecules, market.bidders_dispersion, rng)
+    firm_lists = _pick_firms(pool, n_firms, counts, False, rng)
+    w = rng.lognormal(0.0, market.molecule_value_sigma, size=rnd.molecules)
+    values = rnd.market_value_bn * 1e9 * w / w.sum()
+    # about 81 yuan per dose on average (17 bn / 210 m doses) [S27]
+    ref = 81.0 * rng.lognormal(0.0, 0.3, size=rnd.molecules)
+    dist = cost_distribution(agents, "insulin")
+    units = []
+    for m in range(rnd.molecules):
+        firm = firm_lists[m]
+        n = len(firm)
+        demand = values[m] / ref[m]
+        idx, pdem = _province_split(rnd, demand)
+        cost = dist.sample(rng, n) * ref[m]
+        units.append(Unit(
+            round_id=rnd.id, index=m, label=f"{rnd.id}/g{m + 1:02d}", norm_price=float(ref[m]),
+            ref_price=np.full(n, ref[m]), demand=float(demand), ceiling=float(rnd.ceiling_ratio * ref[m]),
+            firm=firm, originator=np.zeros(n, dtype=bool), cost=cost, reserve=cost.copy(),
+            capacity=_capacity(agents, demand, n, rng), demand_share=_brand_shares(n, 1.0, rng),
+            province_idx=idx, province_demand=pdem,
+        ))
+    return units
+
+
+def _stent_units(rnd, agents, market, pool, rng) -> list[Unit]:
+    products, n_firms = _products_and_firms(rnd, agents)
+    firms = _pick_firms(pool, n_firms, np.array([n_firms]), True, rng)[0]
+    extra = rng.choice(n_firms, size=max(0, products - n_firms), replace=True)
+    firm = np.concatenate([firms, firms[extra]])
+    n = len(firm)
+    ref_yuan = rnd.reference_price_yuan or 1.0
+    demand = rnd.volume_units or rnd.market_value_bn * 1e9 / ref_yuan
+    idx, pdem = _province_split(rnd, demand)
+    cost = cost_distribution(agents, "stent").sample(rng, n) * ref_yuan
+    return [Unit(
+        round_id=rnd.id, index=0, label=f"{rnd.id}/all", norm_price=float(ref_yuan),
+        ref_price=ref_yuan * rng.lognormal(0.0, market.product_price_sigma, size=n), demand=float(demand),
+        ceiling=float(rnd.ceiling_ratio * ref_yuan), firm=firm, originator=np.zeros(n, dtype=bool),
+        cost=cost, reserve=cost.copy(), capacity=_capacity(agents, demand, n, rng),
+        demand_share=_brand_shares(n, 1.0, rng), province_idx=idx, province_demand=pdem,
+    )]
+
+
+def _joint_units(rnd, agents, market, pool, rng) -> list[Unit]:
+    n_firms = rnd.bidding_firms or 48
+    firms = _pick_firms(pool, n_firms, np.array([n_firms]), True, rng)[0]
+    dist = cost_distribution(agents, "joint")
+    units = []
+    for c, (cat, share, ref_yuan) in enumerate(JOINT_CATEGORIES[: rnd.molecules]):
+        volume = (HIP_SYSTEMS if cat.startswith("hip") else KNEE_SYSTEMS) * share
+        member = firms[rng.random(n_firms) < market.joint_participation]
+        if len(member) == 0:
+            member = firms[:1]
+        shares = _brand_shares(len(member), 1.5, rng)
+        order = np.argsort(-shares, kind="stable")
+        cum = np.cumsum(shares[order])
+        in_a = np.zeros(len(member), dtype=bool)
+        in_a[order[cum - shares[order] < 0.85]] = True  # inside the top 85% of cumulative volume
+        if in_a.sum() < 7:
+            in_a[order[:7]] = True
+        for g, mask in (("A", in_a), ("B", ~in_a)):
+            if not mask.any():
+                continue
+            n = int(mask.sum())
+            demand = volume * shares[mask].sum()
+            idx, pdem = _province_split(rnd, demand)
+            cost = dist.sample(rng, n) * ref_yuan
+            units.append(Unit(
+                round_id=rnd.id, index=len(units), label=f"{rnd.id}/{cat}/{g}", norm_price=ref_yuan,
+                ref_price=ref_yuan * rng.lognormal(0.0, market.product_price_sigma, size=n),
+                demand=float(demand), ceiling=float(rnd.ceiling_ratio * ref_yuan), firm=member[mask],
+                originator=np.zeros(n, dtype=bool), cost=cost, reserve=cost.copy(),
+                capacity=_capacity(agents, demand, n, rng),
+                demand_share=shares[mask] / shares[mask].sum(), province_idx=idx, province_demand=pdem,
+            ))
+    return units

@@ -1,0 +1,153 @@
+"""Metrics as pure functions of the output tables, defined as the published figures define them.
+
+- A molecule's cut is the mean over its winning products of 1 - award price / reference price; a
+  round's average cut is the mean over its procured molecules (or device units). The reference is
+  the pre-VBP price of the round's base (vbp_facts.md, Definitions); for insulin it is the ceiling.
+- `drug_avg_cut` pools the molecules of the rounds named by the target (the 234 drugs of the pilot,
+  batches 2-5 and insulin), so rounds weigh by their molecule counts, as the official 53% does.
+- Official "annual savings" = (reference - price) x agreed first-year volume; realised cumulative
+  savings = (reference - price) x actual purchases, month by month, up to a date. They are kept apart.
+- Intervals are the 2.5th-97.5th percentiles over replications: the spread of simulated histories
+  that a published figure is compared against.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from vbp import data
+
+__all__ = [
+    "round_metrics", "headline_metrics", "cumulative_savings", "savings_path", "summarize",
+    "Target", "targets", "compare", "round_targets",
+]
+
+
+def round_metrics(units: pd.DataFrame, bids: pd.DataFrame) -> pd.DataFrame:
+    """One row per (rep, round): cuts, procured units, winners, winner share, annual savings."""
+    g = units.groupby(["rep", "round"], sort=False)
+    out = pd.DataFrame({
+        "avg_cut": g["cut"].mean(),
+        "max_cut": g["max_cut"].max(),
+        "units": g["unit"].count(),
+        "procured": g["procured"].sum(),
+        "winning_products": g["n_winners"].sum(),
+        "annual_savings_bn": g["annual_savings"].sum() / 1e9,
+        "agreed_value_bn": g["agreed_value_ref"].sum() / 1e9,
+    })
+    b = bids[np.isfinite(bids["bid"])]
+    bg = b.groupby(["rep", "round"], sort=False)
+    out["bidding_products"] = bg["bid"].count()
+    out["bidding_firms"] = bg["firm"].nunique()
+    out["winning_firms"] = b[b["won"]].groupby(["rep", "round"], sort=False)["firm"].nunique()
+    out["winning_firms"] = out["winning_firms"].fillna(0).astype(int)
+    out["winner_share"] = out["winning_firms"] / out["bidding_firms"]
+    out["winners_per_unit"] = out["winning_products"] / out["procured"].where(out["procured"] > 0)
+    return out.reset_index()
+
+
+def cumulative_savings(deliveries: pd.DataFrame, date: dt.date | str) -> pd.Series:
+    """Realised savings to the end of `date`'s month, CNY bn, per replication."""
+    date = pd.Timestamp(date)
+    months = pd.to_datetime(deliveries["month"])
+    # a month counts when it has ended by `date` (monthly resolution)
+    done = (months + pd.offsets.MonthEnd(0)) <= date
+    s = deliveries[done].groupby("rep")["savings"].sum() / 1e9
+    reps = deliveries["rep"].unique()
+    return s.reindex(reps, fill_value=0.0)
+
+
+def savings_path(deliveries: pd.DataFrame) -> pd.DataFrame:
+    """Cumulative realised savings by month and replication, CNY bn (columns rep, month, savings_bn)."""
+    m = deliveries.groupby(["rep", "month"], sort=True)["savings"].sum().groupby(level=0).cumsum() / 1e9
+    return m.rename("savings_bn").reset_index()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A published outcome the model is compared with (from seeds/targets.toml)."""
+
+    name: str
+    value: float
+    tolerance: float
+    relative: bool
+    description: str
+    rounds: tuple[str, ...]
+    date: str | None
+    source: str
+
+
+def targets() -> list[Target]:
+    """The headline targets."""
+    table = data.read_toml("targets.toml")["headline"]
+    return [Target(name=k, value=float(v["value"]), tolerance=float(v["tolerance"]),
+                   relative=bool(v.get("relative", False)), description=v["description"],
+                   rounds=tuple(v.get("rounds", ())), date=v.get("date"), source=v["source"])
+            for k, v in table.items()]
+
+
+def round_targets() -> dict[str, dict]:
+    """Published per-round outcomes keyed by round id."""
+    return data.read_toml("targets.toml")["rounds"]
+
+
+def headline_metrics(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per replication, one column per headline target that the simulated rounds allow."""
+    units, deliveries = frames["units"], frames["deliveries"]
+    reps = np.sort(units["rep"].unique())
+    out = pd.DataFrame(index=pd.Index(reps, name="rep"))
+    present = set(units["round"])
+    for t in targets():
+        if t.rounds:
+            if not set(t.rounds) <= present:
+                continue
+            sel = units[units["round"].isin(t.rounds) & units["procured"]]
+            out[t.name] = sel.groupby("rep")["cut"].mean().reindex(reps)
+        elif t.date is not None and len(deliveries):
+            out[t.name] = cumulative_savings(deliveries, t.date).reindex(reps).to_numpy()
+    return out
+
+
+def summarize(values: pd.Series | np.ndarray) -> dict[str, float]:
+    """Mean and 95% interval (2.5th-97.5th percentile over replications)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+    lo, hi = np.percentile(x, [2.5, 97.5])
+    return {"mean": float(x.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(len(x))}
+
+
+def compare(frames: dict[str, pd.DataFrame]) -> tuple[list[dict], list[dict]]:
+    """(headline rows, per-round rows): published beside simulated mean and interval."""
+    head = headline_metrics(frames)
+    rows = []
+    for t in targets():
+        if t.name not in head:
+            continue
+        s = summarize(head[t.name])
+        tol = t.tolerance * (abs(t.value) if t.relative else 1.0)
+        rows.append({"name": t.name, "published": t.value, "mean": s["mean"], "ci_low": s["ci_low"],
+                     "ci_high": s["ci_high"], "tolerance": tol,
+                     "ok": bool(np.isfinite(s["mean"]) and abs(s["mean"] - t.value) <= tol),
+                     "description": t.description})
+    rm = round_metrics(frames["units"], frames["bids"])
+    published = round_targets()
+    per_round = []
+    for rid in dict.fromkeys(rm["round"]):
+        sub = rm[rm["round"] == rid]
+        pub = published.get(rid, {})
+        row = {"round": rid, "published_avg_cut": pub.get("avg_cut")}
+        for col in ("avg_cut", "max_cut", "winning_products", "winning_firms", "winner_share",
+                    "annual_savings_bn", "procured"):
+            s = summarize(sub[col])
+            row[col] = s["mean"]
+            row[col + "_ci"] = (s["ci_low"], s["ci_high"])
+        for col in ("winning_products", "winning_firms", "annual_savings_bn", "max_cut"):
+            row["published_" + col] = pub.get(col)
+        per_round.append(row)
+    return rows, per_round

@@ -1,0 +1,530 @@
+"""Scenarios: TOML files loaded into immutable, validated objects.
+
+A scenario names the rounds to simulate (ids from the packaged round table, or inline tables), the
+rulebooks, and the agent, market, rule and optimizer parameters. Loading resolves everything into
+one plain nested dict first, applies dotted-path overrides (`--set agents.markup=0.2`) to it, and
+only then validates, so every field a user sees in `vbp params` can be swept with no code.
+Errors name the file, the field path, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import math
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vbp import data
+from vbp.errors import InputError, did_you_mean
+from vbp.rules import Rulebook
+
+__all__ = [
+    "Round", "AgentParams", "MarketParams", "RuleOverrides", "OptimizerParams", "Scenario",
+    "load_scenario", "resolve_raw", "apply_overrides", "parse_override", "read_toml_file",
+    "scenario_from_raw", "flatten", "describe", "MAX_FILE_BYTES",
+]
+
+MAX_FILE_BYTES = 1_000_000
+MAX_DEPTH = 12
+CATEGORIES = ("drug", "insulin", "stent", "joint")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class Round(_Frozen):
+    """One national tender round, described by its inputs only."""
+
+    id: str
+    name: str
+    category: Literal["drug", "insulin", "stent", "joint"]
+    rulebook: str
+    bid_date: dt.date
+    supply_lag_months: float = Field(ge=0, le=36, description="months from bid to supply start")
+    molecules: int = Field(ge=1, le=2000, description="molecules (drugs) or product categories (devices)")
+    bidding_firms: int | None = Field(default=None, ge=1, description="companies bidding")
+    bidding_products: int | None = Field(default=None, ge=1, description="products bidding")
+    market_value_bn: float = Field(gt=0, description="annual reported demand at reference prices, CNY bn")
+    coverage: float = Field(default=1.0, gt=0, le=1, description="share of national demand covered")
+    ceiling_ratio: float = Field(default=1.0, gt=0, le=10, description="ceiling / reference price")
+    ceiling_from: str | None = Field(default=None, description="round whose winning price caps bids")
+    provinces: tuple[str, ...] | None = Field(default=None, description="participating provinces (all when unset)")
+    reference_price_yuan: float | None = Field(default=None, gt=0, description="device reference price, yuan/unit")
+    volume_units: float | None = Field(default=None, gt=0, description="device first-year volume, units")
+    contract_years: int | None = Field(default=None, ge=1, le=10, description="term override, years")
+
+    @field_validator("provinces")
+    @classmethod
+    def _known_provinces(cls, v):
+        if v is None:
+            return v
+        known = data.provinces().name
+        for name in v:
+            if name not in known:
+                raise ValueError(f"unknown province {name!r}{did_you_mean(name, known)}")
+        if len(set(v)) != len(v):
+            raise ValueError("provinces listed twice")
+        if not v:
+            raise ValueError("empty province list")
+        return v
+
+
+class AgentParams(_Frozen):
+    """Manufacturers: cost distributions, types, capacity and bidding strategy."""
+
+    strategy: str = Field("equilibrium", description="bidding strategy: equilibrium | cost_plus")
+    markup: float = Field(0.3, ge=0, le=10, description="cost_plus markup over unit cost")
+    cost_median_drug: float = Field(0.20, gt=0, le=2, description="median generic unit cost / reference price, drugs")
+    cost_sigma_drug: float = Field(0.8, gt=0, le=5, description="log-sd of unit cost, drugs")
+    cost_median_insulin: float = Field(0.30, gt=0, le=2, description="median unit cost / ceiling, insulin")
+    cost_sigma_insulin: float = Field(0.5, gt=0, le=5, description="log-sd of unit cost, insulin")
+    cost_median_stent: float = Field(0.03, gt=0, le=2, description="median unit cost / reference price, stents")
+    cost_sigma_stent: float = Field(0.5, gt=0, le=5, description="log-sd of unit cost, stents")
+    cost_median_joint: float = Field(0.10, gt=0, le=2, description="median unit cost / reference price, joints")
+    cost_sigma_joint: float = Field(0.5, gt=0, le=5, description="log-sd of unit cost, joints")
+    equilibrium_iterations: int = Field(30, ge=1, le=500, description="equilibrium solver iterations")
+    equilibrium_samples: int = Field(256, ge=16, le=8192, description="rival cost profiles in the equilibrium solver")
+    originator_bid_prob: float = Field(0.4, ge=0, le=1, description="chance the originator bids for a molecule")
+    originator_premium: float = Field(0.3, ge=0, le=5, description="originator's forgone brand margin / reference price")
+    capacity_low: float = Field(0.8, gt=0, description="lowest annual capacity / the unit's reported demand")
+    capacity_high: float = Field(2.5, gt=0, description="highest annual capacity / the unit's reported demand")
+    products_per_firm: float = Field(1.65, ge=1, le=20, description="products per bidding firm where products are unknown")
+    firm_pool: int = Field(800, ge=10, le=100000, description="manufacturers in the national pool")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v):
+        from vbp.strategies import STRATEGIES
+
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}{did_you_mean(v, STRATEGIES)}; known: {', '.join(STRATEGIES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _capacity_order(self):
+        if self.capacity_low > self.capacity_high:
+            raise ValueError(f"capacity_low ({self.capacity_low}) exceeds capacity_high ({self.capacity_high})")
+        return self
+
+
+class MarketParams(_Frozen):
+    """Demand and consumption: how round-level facts become molecules and monthly purchases."""
+
+    completion_ratio: float = Field(1.914, gt=0, le=10, description="actual / agreed volume of winners (pilot: 191.4%)")
+    molecule_value_sigma: float = Field(1.0, ge=0, le=5, description="log-sd of molecule market values within a round")
+    bidders_dispersion: float = Field(2.0, gt=0, le=100, description="gamma shape of bidders per molecule (lower = more uneven)")
+    ref_price_median_yuan: float = Field(1.5, gt=0, description="median reference price per unit, drugs, yuan")
+    ref_price_sigma: float = Field(1.2, ge=0, le=5, description="log-sd of drug reference prices")
+    product_price_sigma: float = Field(0.25, ge=0, le=3, description="log-sd of product reference prices, devices")
+    logistics_per_1000km: float = Field(0.005, ge=0, le=1, description="delivery cost per 1,000 km / reference price")
+    bidding_window_days: int = Field(30, ge=1, le=365, description="days from announcement to bid opening")
+    joint_participation: float = Field(0.6, gt=0, le=1, description="chance a joint maker bids in a category")
+    renewal: Literal["extend", "none"] = Field("extend", description="at expiry: extend at the last price, or stop")
+
+
+class RuleOverrides(_Frozen):
+    """Policy levers applied over every multi-winner rulebook; unset = as each rulebook says."""
+
+    volume_share_1: float | None = Field(None, ge=0, le=1, description="agreed share with 1 winner")
+    volume_share_2: float | None = Field(None, ge=0, le=1, description="agreed share with 2 winners")
+    volume_share_3: float | None = Field(None, ge=0, le=1, description="agreed share with 3 winners")
+    volume_share_4plus: float | None = Field(None, ge=0, le=1, description="agreed share with 4 or more winners")
+    gate_ratio: float | None = Field(None, gt=0, le=100, description="price gate multiple of the lowest bid")
+    safe_harbour: bool | None = Field(None, description="keep the 50%-below-ceiling route (false removes it)")
+    max_winners_cap: int | None = Field(None, ge=1, le=100, description="cap on winners per molecule")
+
+
+class OptimizerParams(_Frozen):
+    """Province allocation: exact fast path or MILP, and planner mode settings."""
+
+    mode: Literal["rules", "planner"] = Field("rules", description="rules: winners by rulebook; planner: MILP picks winners")
+    method: Literal["auto", "milp"] = Field("auto", description="auto: exact fast path, MILP when needed")
+    time_limit: float = Field(10.0, gt=0, le=3600, description="solver time limit per model, s")
+    min_suppliers: int = Field(1, ge=1, le=31, description="planner: minimum winners per molecule")
+    max_share: float = Field(1.0, gt=0, le=1, description="planner: maximum national share of one winner")
+
+
+class Scenario(_Frozen):
+    """A complete, validated simulation setup. Immutable: counterfactuals are copies."""
+
+    name: str
+    description: str = ""
+    start: dt.date = dt.date(2018, 1, 1)
+    end: dt.date
+    rounds: tuple[Round, ...]
+    rulebooks: tuple[Rulebook, ...]
+    agents: AgentParams = AgentParams()
+    market: MarketParams = MarketParams()
+    rules: RuleOverrides = RuleOverrides()
+    optimizer: OptimizerParams = OptimizerParams()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if not self.rounds:
+            raise ValueError("no rounds to simulate")
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end} is not after start {self.start}")
+        names = {rb.name for rb in self.rulebooks}
+        ids = [r.id for r in self.rounds]
+        for r in self.rounds:
+            if r.rulebook not in names:
+                raise ValueError(f"round {r.id!r}: unknown rulebook {r.rulebook!r}{did_you_mean(r.rulebook, names)}")
+            if not self.start <= r.bid_date <= self.end:
+                raise ValueError(f"round {r.id!r}: bid_date {r.bid_date} outside {self.start}..{self.end}")
+            if r.ceiling_from is not None and r.ceiling_from not in ids[: ids.index(r.id)]:
+                raise ValueError(f"round {r.id!r}: ceiling_from {r.ceiling_from!r} is not an earlier round")
+        dates = [r.bid_date for r in self.rounds]
+        if dates != sorted(dates):
+            raise ValueError("rounds are not in date order: " + ", ".join(f"{r.id} {r.bid_date}" for r in self.rounds))
+        if len(set(ids)) != len(ids):
+            raise ValueError("round ids repeat")
+        return self
+
+    def rulebook(self, name: str) -> Rulebook:
+        for rb in self.rulebooks:
+            if rb.name == name:
+                return rb
+        raise KeyError(name)
+
+    def round(self, round_id: str) -> Round:
+        for r in self.rounds:
+            if r.id == round_id:
+                return r
+        raise KeyError(round_id)
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form: equal scenarios give equal hashes."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and resolving
+
+
+def read_toml_file(path: Path) -> dict:
+    """Read a TOML file with checks a hand-written file needs: exists, size, text, syntax, depth."""
+    name = str(path)
+    if not path.exists():
+        raise InputError("file not found", file=name)
+    if path.is_dir():
+        raise InputError("is a folder, expected a TOML file", file=name)
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError("file is empty, expected a TOML document", file=name)
+    if size > MAX_FILE_BYTES:
+        raise InputError(f"file is {size} bytes, larger than the {MAX_FILE_BYTES} allowed", file=name)
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise InputError("file is binary, expected TOML text", file=name)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte {exc.start})", file=name) from None
+    return parse_toml_text(text, name)
+
+
+def parse_toml_text(text: str, name: str) -> dict:
+    """Parse TOML text, naming the file and the line on a syntax error; reject absurd nesting."""
+    if not text.strip():
+        raise InputError("file is empty, expected a TOML document", file=name)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"not valid TOML: {exc}", file=name) from None
+    except RecursionError:
+        raise InputError(f"nesting deeper than {MAX_DEPTH} levels", file=name) from None
+    if _depth(doc) > MAX_DEPTH:
+        raise InputError(f"nesting deeper than {MAX_DEPTH} levels", file=name)
+    return doc
+
+
+def _depth(obj: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(obj, dict):
+        return max([_depth(v, level + 1) for v in obj.values()], default=level + 1)
+    if isinstance(obj, list):
+        return max([_depth(v, level + 1) for v in obj], default=level + 1)
+    return level
+
+
+def _fact_value(v: Any) -> Any:
+    """A seeds fact {value, source, confidence, note} -> its value; plain values pass through."""
+    if isinstance(v, dict) and "value" in v and set(v) <= {"value", "source", "confidence", "note"}:
+        return v["value"]
+    return v
+
+
+def _seed_round(round_id: str, file: str, field: str) -> dict:
+    table = data.read_toml("rounds.toml")["rounds"]
+    if round_id not in table:
+        raise InputError(f"unknown round id {round_id!r}{did_you_mean(round_id, table)}; known: "
+                         + ", ".join(table), file=file, field=field, value=round_id)
+    out = {k: _fact_value(v) for k, v in table[round_id].items()}
+    out["id"] = round_id
+    return out
+
+
+def resolve_raw(doc: dict, file: str) -> dict:
+    """Scenario document -> fully resolved plain dict (rounds and rulebooks by id, defaults filled)."""
+    doc = copy.deepcopy(doc)
+    known = {"name", "description", "start", "end", "rounds", "rulebooks", "agents", "market",
+             "rules", "optimizer"}
+    for key in doc:
+        if key not in known:
+            raise InputError(f"unknown key{did_you_mean(key, known)}; allowed: " + ", ".join(sorted(known)),
+                             file=file, field=key)
+    rounds_in = doc.get("rounds")
+    if rounds_in is None:
+        raise InputError("missing required field: a list of round ids or tables", file=file, field="rounds")
+    if not isinstance(rounds_in, list):
+        raise InputError(f"expected a list of round ids or tables, got {type(rounds_in).__name__}",
+                         file=file, field="rounds", value=rounds_in)
+    if not rounds_in:
+        raise InputError("empty list: a scenario needs at least one round", file=file, field="rounds")
+    rounds: dict[str, dict] = {}
+    for i, item in enumerate(rounds_in):
+        field = f"rounds[{i}]"
+        if isinstance(item, str):
+            r = _seed_round(item, file, field)
+        elif isinstance(item, dict):
+            item = {k: _fact_value(v) for k, v in item.items()}
+            base = item.pop("from", None)
+            r = _seed_round(base, file, field + ".from") if base is not None else {}
+            r.update(item)
+            if "id" not in r:
+                raise InputError("missing required field 'id'", file=file, field=field)
+        else:
+            raise InputError(f"expected a round id or table, got {item!r}", file=file, field=field)
+        if not isinstance(r["id"], str):
+            raise InputError(f"round id must be text, got {r['id']!r}", file=file, field=field + ".id")
+        if r["id"] in rounds:
+            raise InputError(f"round {r['id']!r} listed twice", file=file, field=field)
+        rounds[r["id"]] = r
+
+    rulebooks = copy.deepcopy(data.read_toml("rulebooks.toml")["rulebooks"])
+    extra = doc.get("rulebooks", {})
+    if not isinstance(extra, dict):
+        raise InputError("expected a table of rulebooks", file=file, field="rulebooks")
+    for name, table in extra.items():
+        if not isinstance(table, dict):
+            raise InputError("expected a table", file=file, field=f"rulebooks.{name}")
+        base = table.pop("from", None)
+        if base is not None:
+            if base not in rulebooks:
+                raise InputError(f"unknown rulebook {base!r}{did_you_mean(base, rulebooks)}",
+                                 file=file, field=f"rulebooks.{name}.from", value=base)
+            rulebooks[name] = {**rulebooks[base], **table}
+        else:
+            rulebooks[name] = {**rulebooks.get(name, {}), **table}
+    for name, table in rulebooks.items():
+        table["name"] = name
+        table.setdefault("description", "")
+
+    out: dict[str, Any] = {
+        "name": doc.get("name", Path(file).stem),
+        "description": doc.get("description", ""),
+        "start": doc.get("start", "2018-01-01"),
+        "end": doc.get("end"),
+        "rounds": rounds,
+        "rulebooks": rulebooks,
+    }
+    for key, model in (("agents", AgentParams), ("market", MarketParams), ("rules", RuleOverrides),
+                       ("optimizer", OptimizerParams)):
+        section = doc.get(key, {})
+        if not isinstance(section, dict):
+            raise InputError(f"expected a table, got {section!r}", file=file, field=key)
+        merged = model().model_dump()
+        if key == "agents":
+            merged.update(_calibrated_agents())
+        for k, v in section.items():
+            if k not in merged:
+                raise InputError(f"unknown key{did_you_mean(k, merged)}", file=file, field=f"{key}.{k}", value=v)
+            merged[k] = v
+        out[key] = merged
+    if out["end"] is None:
+        raise InputError("missing required field (last date simulated, e.g. 2022-12-31)", file=file, field="end")
+    return out
+
+
+def _calibrated_agents() -> dict:
+    """Agent parameters fitted by `vbp calibrate` (seeds/calibration.toml), if present."""
+    try:
+        cal = data.read_toml("calibration.toml")
+    except FileNotFoundError:
+        return {}
+    return dict(cal.get("parameters", {}))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'a.b.c=VALUE' -> ('a.b.c', value); VALUE is read as TOML (numbers, booleans, lists), else text."""
+    if "=" not in text:
+        raise InputError(f"expected PATH=VALUE, got {text!r}", field="--set", value=text)
+    path, _, value = text.partition("=")
+    path, value = path.strip(), value.strip()
+    if not path:
+        raise InputError(f"empty path in {text!r}", field="--set", value=text)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    if isinstance(parsed, float) and not math.isfinite(parsed):
+        raise InputError(f"value must be a finite number, got {value}", field=path, value=value)
+    return path, parsed
+
+
+def apply_overrides(raw: dict, overrides: Sequence[tuple[str, Any]], file: str = "--set") -> dict:
+    """Set each dotted path in the resolved dict; the path must already exist."""
+    raw = copy.deepcopy(raw)
+    for path, value in overrides:
+        node: Any = raw
+        parts = path.split(".")
+        for depth, part in enumerate(parts):
+            where = ".".join(parts[: depth + 1])
+            if not isinstance(node, dict) or part not in node:
+                choices = list(node) if isinstance(node, dict) else []
+                raise InputError(f"no such parameter{did_you_mean(part, choices)}"
+                                 + (f"; at this level: {', '.join(map(str, choices[:12]))}" if choices else ""),
+                                 file=file, field=where, value=value)
+            if depth == len(parts) - 1:
+                if isinstance(node[part], dict):
+                    raise InputError("is a table; set one of its fields", file=file, field=where)
+                node[part] = value
+            else:
+                node = node[part]
+    return raw
+
+
+def scenario_from_raw(raw: dict, file: str) -> Scenario:
+    """Validate a resolved dict into a Scenario, or raise InputError listing every problem."""
+    payload = dict(raw)
+    payload["rounds"] = list(raw["rounds"].values())
+    payload["rulebooks"] = list(raw["rulebooks"].values())
+    try:
+        return Scenario.model_validate(payload)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = list(err["loc"])
+            if loc and loc[0] in ("rounds", "rulebooks") and len(loc) > 1 and isinstance(loc[1], int):
+                keys = list(raw[loc[0]])
+                loc[1] = keys[loc[1]] if loc[1] < len(keys) else loc[1]
+            path = ".".join(str(p) for p in loc) or "(scenario)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                parent = _lookup(raw, loc[:-1])
+                allowed = _allowed_keys(loc)
+                msg = f"unknown key{did_you_mean(str(loc[-1]), allowed)}"
+                del parent
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            problems.append(f"{path}: {msg}{shown}")
+        raise InputError(f"{len(problems)} problem(s) in the scenario", file=file, problems=problems) from None
+
+
+def _lookup(raw: dict, loc: list) -> Any:
+    node: Any = raw
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _allowed_keys(loc: list) -> list[str]:
+    models = {"agents": AgentParams, "market": MarketParams, "rules": RuleOverrides,
+              "optimizer": OptimizerParams, "rounds": Round}
+    if loc and loc[0] in models:
+        return list(models[loc[0]].model_fields)
+    if loc and loc[0] == "rulebooks":
+        import dataclasses
+
+        return [f.name for f in dataclasses.fields(Rulebook)]
+    return list(Scenario.model_fields)
+
+
+def load_scenario(ref: str | Path, overrides: Sequence[str] = ()) -> Scenario:
+    """Load an embedded scenario by name, or a TOML file by path, with `--set` overrides."""
+    raw, file = load_raw(ref)
+    raw = apply_overrides(raw, [parse_override(o) for o in overrides])
+    return scenario_from_raw(raw, file)
+
+
+def load_raw(ref: str | Path) -> tuple[dict, str]:
+    """Embedded name or path -> (resolved dict, file label for messages)."""
+    path = Path(ref)
+    names = data.embedded_scenarios()
+    if str(ref) in names:
+        path = data.scenario_dir() / f"{ref}.toml"
+        file = f"{ref} (embedded)"
+    elif path.suffix != ".toml" and not path.exists():
+        raise InputError(f"no embedded scenario or file named {str(ref)!r}{did_you_mean(str(ref), names)};"
+                         f" embedded: {', '.join(names)}", field="SCENARIO", value=str(ref))
+    else:
+        file = str(ref)
+    doc = read_toml_file(path)
+    return resolve_raw(doc, file), file
+
+
+def flatten(raw: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every leaf of a resolved scenario as (dotted path, value), in document order."""
+    out: list[tuple[str, Any]] = []
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            out.extend(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    else:
+        out.append((prefix, raw))
+    return out
+
+
+_RULEBOOK_HELP = {
+    "kind": "award logic: single_winner | multi_winner | stent | joint | insulin",
+    "description": "what the rulebook is, with sources",
+    "max_winners": "cap on winners by qualified bidders N (entry N-1; last for larger N)",
+    "volume_shares": "agreed share of reported demand by number of winners k",
+    "contract_years": "contract term in years by number of winners k",
+    "gate_ratio": "may win if price <= gate_ratio x lowest (or anchor)",
+    "gate_abs_yuan": "may win if unit price <= this many yuan",
+    "safe_harbour_cut": "may win if price <= (1 - cut) x ceiling",
+    "anchor_mean_factor": "anchor = max(lowest, factor x mean valid bid)",
+    "revival": "non-winners may win at the highest winning price",
+    "ceiling_is_cap": "bids above the ceiling are invalid",
+    "win_below_ceiling": "a shortlisted bid also wins below the ceiling (stents)",
+    "shortlist": "only this many lowest products can win (stents)",
+    "max_products_per_firm": "products of one firm in the shortlist (stents)",
+    "pre_award_max_bidders": "molecules with at most this many bidders go to pre-award (pilot)",
+    "pre_award_outright": "pre-awards with the largest cuts that win outright (pilot)",
+    "rank_volume": "agreed share of own demand by price rank (joints)",
+    "rank_release": "share of own demand released to the remainder pool by rank (joints)",
+    "remainder_excludes_highest": "remainder pool cannot go to the highest-priced winner (joints)",
+    "tier_ratio": "tier A if price <= ratio x lowest (insulin)",
+    "tier_b_cut": "tier B if price <= (1 - cut) x ceiling (insulin)",
+    "tier_volumes": "agreed share of own demand by tier A1, A, B, C (insulin)",
+    "name": "rulebook name",
+}
+
+
+def describe(path: str) -> str:
+    """One-line meaning of a dotted scenario path, with units."""
+    parts = path.split(".")
+    head, leaf = parts[0], parts[-1]
+    models = {"agents": AgentParams, "market": MarketParams, "rules": RuleOverrides,
+              "optimizer": OptimizerParams}
+    if head in models and leaf in models[head].model_fields:
+        return models[head].model_fields[leaf].description or ""
+    if head == "rounds" and leaf in Round.model_fields:
+        return Round.model_fields[leaf].description or leaf.replace("_", " ")
+    if head == "rulebooks":
+        return _RULEBOOK_HELP.get(leaf, "")
+    return {"name": "scenario name", "description": "what the scenario is", "start": "clock origin (date)",
+            "end": "last day simulated (date)"}.get(head, "")
