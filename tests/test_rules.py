@@ -299,6 +299,16 @@ def test_insulin_tiers():
     assert winners(capped) == [1, 2]
 
 
+def test_insulin_unassigned_demand_goes_to_tier_a():
+    # equal shares 1/7: tiers give A1 1.0, A 0.8, B 0.55 + 0.55, C 0.45 + 0.45, invalid 0 -> 3.8/7
+    # assigned; the remaining 3.2/7 goes to A1 and A (equal shares) -> +1.6/7 each
+    pooled = dataclasses.replace(INSULIN, tier_pool_to_a=True)
+    bids = np.array([60.1, 20.0, 26.0, 26.1, 60.0, 100.0, 101.0])
+    a = award(pooled, bids, 100.0)
+    np.testing.assert_allclose(a.agreed * 7, [0.45, 2.6, 2.4, 0.55, 0.55, 0.45, 0.0])
+    assert a.agreed.sum() == pytest.approx(1.0)
+
+
 # ---------------------------------------------------------------- properties
 
 price = st.one_of(st.just(NAN), st.floats(0.0, 15.0).map(lambda x: round(x, 1)),
@@ -311,7 +321,8 @@ ALL = [PILOT, dataclasses.replace(PILOT, max_winners=(3,)), *MULTI, STENT,
        dataclasses.replace(STENT, gate_ratio=None),
        dataclasses.replace(STENT, shortlist=3, max_products_per_firm=None, max_winners=(100,)),
        JOINT, dataclasses.replace(JOINT, gate_ratio=None, remainder_excludes_highest=False),
-       dataclasses.replace(JOINT, max_winners=(2,)), INSULIN]
+       dataclasses.replace(JOINT, max_winners=(2,)), INSULIN,
+       dataclasses.replace(INSULIN, tier_pool_to_a=True)]
 CEILING = 10.0
 FAST = settings(max_examples=150, deadline=None)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import click
 import pandas as pd
@@ -26,7 +27,7 @@ class VbpGroup(click.Group):
     """Click group that turns vbp's errors into messages and exit codes."""
 
     def invoke(self, ctx: click.Context):
-        debug = "--debug" in sys.argv or bool(ctx.params.get("debug"))
+        debug = bool(ctx.params.get("debug"))
         try:
             return super().invoke(ctx)
         except InputError as exc:
@@ -111,6 +112,9 @@ def _result_json(result, rows, per_round) -> dict:
         "rounds": [{"round": r["round"], "published": r["published_avg_cut"], "mean": _finite(r["avg_cut"]),
                     "ci_low": _finite(r["avg_cut_ci"][0]), "ci_high": _finite(r["avg_cut_ci"][1])}
                    for r in per_round],
+        "savings_path": [{k: _finite(v) for k, v in r.items()}
+                         for r in metrics_savings(result)],
+        "loro": calibrated_loro(),
         "scenario": result.scenario.name,
         "scenario_sha256": result.scenario.digest(),
         "replications": result.replications,
@@ -119,6 +123,22 @@ def _result_json(result, rows, per_round) -> dict:
         "wall_s": round(result.wall_s, 3),
         "solve_s": round(result.solve_s, 3),
     }
+
+
+def metrics_savings(result) -> list[dict]:
+    from vbp import metrics
+
+    if result.scenario.name != HEADLINE:
+        return []
+    return metrics.savings_checkpoints(result.frames["deliveries"])
+
+
+def calibrated_loro() -> list[dict]:
+    """Leave-one-round-out errors stored by `vbp calibrate` (empty before any calibration)."""
+    try:
+        return list(data.read_toml("calibration.toml").get("loro", []))
+    except FileNotFoundError:
+        return []
 
 
 def _fmt(value, kind: str) -> str:
@@ -135,7 +155,7 @@ def _print_tables(result, rows, per_round) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(100, Console().width))
+    console = Console(width=max(130, Console().width))
     t = Table(title=f"{result.scenario.name}: published vs simulated "
                     f"({result.replications} replications, seed {result.seed})")
     for col in ("target", "published", "simulated mean", "95% interval", "tolerance", "within?"):
@@ -164,6 +184,26 @@ def _print_tables(result, rows, per_round) -> None:
                   pair(r["annual_savings_bn"], r["published_annual_savings_bn"], "bn"),
                   pair(r["max_cut"], r["published_max_cut"], "pct"))
     console.print(d)
+    path = metrics_savings(result)
+    if path:
+        v = Table(title="validation: realised cumulative savings (not a calibration moment)")
+        for col in ("date", "scope", "published", "simulated mean", "95% interval", "error"):
+            v.add_column(col, justify="left" if col in ("date", "scope") else "right")
+        for r in path:
+            v.add_row(r["date"], r["scope"], _fmt(r["published"], "bn"), _fmt(r["mean"], "bn"),
+                      f"{_fmt(r['ci_low'], 'bn')} – {_fmt(r['ci_high'], 'bn')}", f"{r['error_pct']:+.0f}%")
+        console.print(v)
+    loro = calibrated_loro()
+    if loro and result.scenario.name == HEADLINE:
+        o = Table(title="validation: leave-one-round-out (refit without the round, predict its cut)")
+        for col in ("round", "published", "predicted", "error"):
+            o.add_column(col, justify="left" if col == "round" else "right")
+        for r in loro:
+            o.add_row(r["round"], _fmt(r["published"], "pct"), _fmt(r["predicted"], "pct"),
+                      f"{100 * r['error']:+.1f} pts")
+        mae = sum(abs(r["error"]) for r in loro) / len(loro)
+        o.add_row("mean absolute error", "", "", f"{100 * mae:.1f} pts")
+        console.print(o)
     console.print(f"wall time {result.wall_s:.1f} s on {result.workers} worker(s); "
                   f"optimizer {result.solve_s:.1f} s of replication time")
 
@@ -214,6 +254,113 @@ def run_cmd(scenario, replications, seed, workers, overrides, out, as_json, quie
         prepare_out_dir(out)
     result = _simulate(scenario, overrides, replications, seed, workers, quiet)
     _report(result, as_json, out, "run")
+
+
+@cli.command()
+@click.argument("round_file", metavar="ROUND.toml")
+@click.option("--replications", "-n", type=click.IntRange(1, 100000), default=20, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=20181206, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Worker processes.")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--out", type=click.Path(file_okay=False), help="Write tables and a manifest here.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def forecast(round_file, replications, seed, workers, overrides, as_json, out, quiet):
+    """Predict a round's outcomes from its inputs (ROUND.toml), with 95% intervals."""
+    from vbp.forecast import run_forecast
+    from vbp.output import prepare_out_dir, write_run
+
+    if out:
+        prepare_out_dir(out)
+    bar, update = _progress(quiet)
+    if bar:
+        with bar:
+            result, doc = run_forecast(round_file, replications=replications, seed=seed, workers=workers,
+                                       overrides=overrides, progress=update)
+    else:
+        result, doc = run_forecast(round_file, replications=replications, seed=seed, workers=workers,
+                                   overrides=overrides)
+    if out:
+        from vbp import metrics
+
+        rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])
+        write_run(prepare_out_dir(out), kind="forecast", scenario=result.scenario, seed=seed,
+                  replications=replications, frames=result.frames, tables={"round_metrics": rm},
+                  summary=doc, wall_s=result.wall_s)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"forecast: {doc['round']} ({replications} replications, seed {seed})")
+    for col in ("statistic", "mean", "95% interval"):
+        t.add_column(col, justify="left" if col == "statistic" else "right")
+    kinds = {"avg_cut": "pct", "winner_share": "pct", "annual_savings_bn": "bn"}
+    for stat in ("avg_cut", "winning_firms", "winning_products", "winner_share", "annual_savings_bn",
+                 "procured"):
+        k = kinds.get(stat, "num")
+        v = doc[stat]
+        t.add_row(stat, _fmt(v["mean"], k), f"{_fmt(v['ci_low'], k)} – {_fmt(v['ci_high'], k)}")
+    Console(width=120).print(t)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Calibration file to write (default: seeds/calibration.toml in a source checkout, "
+                   "else ./calibration.toml).")
+@click.option("--replications", "-n", type=click.IntRange(1, 1000), default=4, show_default=True,
+              help="Replications per design point (the same seeds at every point).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=20181206, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Worker processes.")
+@click.option("--group", "groups", multiple=True, type=click.Choice(["drug", "stent", "joint", "insulin"]),
+              help="Calibrate only these parameter groups (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def calibrate(out, replications, seed, workers, groups, quiet):
+    """Fit the structural parameters to the published moments (simulated method of moments)."""
+    import tomli_w
+
+    from vbp import calibrate as cal
+    from vbp.experiment import default_workers
+    from vbp.output import atomic_write_text
+
+    path = Path(out) if out else _default_calibration_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the folder: {exc.strerror}", field="--out", value=str(path)) from None
+
+    def progress(group, done, total):
+        if not quiet:
+            click.echo(f"  {group}: {done}/{total} design points", err=True)
+
+    fits = cal.calibrate(reps=replications, seed=seed, workers=workers or default_workers(),
+                         groups=tuple(groups) or None, progress=progress)
+    doc = cal.to_toml(fits, command=" ".join(["vbp", *sys.argv[1:]]), seed=seed, reps=replications)
+    if groups and path.exists():  # keep the other groups' results
+        import tomllib
+
+        old = tomllib.loads(path.read_text(encoding="utf-8"))
+        old.setdefault("parameters", {}).update(doc["parameters"])
+        old.setdefault("fit", {}).update(doc["fit"])
+        if "drug" in groups:
+            old["loro"] = doc["loro"]
+        old["meta"] = doc["meta"]
+        doc = old
+    atomic_write_text(path, "# Written by `vbp calibrate`; see docs/validation.md.\n" + tomli_w.dumps(doc))
+    for name, fit in doc["fit"].items():
+        click.echo(f"{name}: objective {fit['objective']}")
+        for m in fit["moments"]:
+            click.echo(f"  {m['name']:<28} published {m['published']:.3f}  simulated {m['simulated']:.3f}"
+                       f"  error {m['error']:+.3f}")
+    for k, v in doc["parameters"].items():
+        click.echo(f"{k} = {v}")
+    click.echo(f"wrote {path}")
+
+
+def _default_calibration_path() -> Path:
+    here = Path(__file__).resolve().parent.parent / "seeds"
+    return here / "calibration.toml" if here.is_dir() else Path("calibration.toml")
 
 
 @cli.group(invoke_without_command=True)

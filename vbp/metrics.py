@@ -23,7 +23,7 @@ from vbp import data
 
 __all__ = [
     "round_metrics", "headline_metrics", "cumulative_savings", "savings_path", "summarize",
-    "Target", "targets", "compare", "round_targets",
+    "Target", "targets", "compare", "round_targets", "savings_checkpoints",
 ]
 
 
@@ -151,3 +151,15 @@ def compare(frames: dict[str, pd.DataFrame]) -> tuple[list[dict], list[dict]]:
             row["published_" + col] = pub.get(col)
         per_round.append(row)
     return rows, per_round
+
+
+def savings_checkpoints(deliveries: pd.DataFrame) -> list[dict]:
+    """Simulated realised savings at the dates of the official cumulative statements (not fitted)."""
+    points = data.read_toml("targets.toml")["savings_path"]["points"]
+    rows = []
+    for p in points:
+        s = summarize(cumulative_savings(deliveries, p["date"]))
+        rows.append({"date": str(p["date"]), "published": float(p["value"]), "scope": p["scope"],
+                     "mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                     "error_pct": 100 * (s["mean"] - p["value"]) / p["value"]})
+    return rows

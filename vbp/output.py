@@ -42,8 +42,8 @@ def prepare_out_dir(path: str | Path) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise InputError(f"cannot write to the output folder: {exc.strerror or exc}", field="--out",
-                         value=str(p)) from None
+        raise InputError(f"cannot write to the output folder {str(p)!r}: {exc.strerror or exc}",
+                         field="--out", value=str(p)) from None
     return p
 
 

@@ -68,6 +68,7 @@ class Rulebook:
     tier_ratio: float | None = None  # insulin: tier A if price <= tier_ratio x lowest
     tier_b_cut: float | None = None  # insulin: tier B if price <= (1 - cut) x ceiling
     tier_volumes: tuple[float, ...] = ()  # insulin: share of own demand for A1, A, B, C
+    tier_pool_to_a: bool = False  # insulin: demand the tiers leave unassigned goes to tier A winners
 
     def __post_init__(self) -> None:
         for f in (*_INT_TABLES, *_SHARE_TABLES):  # TOML gives lists; keep the object hashable
@@ -252,8 +253,14 @@ def award(rb: Rulebook, bids: np.ndarray, ceiling: float, *, reserve: np.ndarray
             _joint_volumes(rb, winners, share, agreed)
         else:  # insulin
             winners = order[:cap]
-            for r, i in enumerate(winners):
-                agreed[i] = rb.tier_volumes[_insulin_tier(rb, r, b[i], lowest, ceiling)] * share[i]
+            tiers = [_insulin_tier(rb, r, b[i], lowest, ceiling) for r, i in enumerate(winners)]
+            for t, i in zip(tiers, winners):
+                agreed[i] = rb.tier_volumes[t] * share[i]
+            if rb.tier_pool_to_a and winners:
+                # hospitals give the unassigned demand to tier A winners (A1 and A), by demand share
+                takers = [i for t, i in zip(tiers, winners) if t <= 1]
+                pool = max(0.0, float(share.sum()) - float(agreed.sum()))
+                agreed[takers] += _split(share[takers], pool)
     won = np.zeros(n, dtype=bool)
     won[winners] = True
     price = np.where(won & np.isnan(price), b, price)
@@ -399,6 +406,9 @@ def award_fractions(rb: Rulebook, bids: np.ndarray, ceiling: float,
                 tier = np.where(sb <= rb.tier_ratio * lowest[:, None], 1, tier)
             tier[:, :1] = 0
             ranked = win * np.asarray(rb.tier_volumes)[tier] * ss
+            if rb.tier_pool_to_a:
+                pool = np.maximum(0.0, ss.sum(axis=1) - ranked.sum(axis=1))
+                ranked = ranked + pool[:, None] * _split_rows(ss, win & (tier <= 1))
     out = np.empty(S * n)
     out[flat] = ranked.ravel()
     return out.reshape(S, n)

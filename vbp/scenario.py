@@ -28,7 +28,7 @@ from vbp.rules import Rulebook
 __all__ = [
     "Round", "AgentParams", "MarketParams", "RuleOverrides", "OptimizerParams", "Scenario",
     "load_scenario", "resolve_raw", "apply_overrides", "parse_override", "read_toml_file",
-    "scenario_from_raw", "flatten", "describe", "MAX_FILE_BYTES",
+    "scenario_from_raw", "flatten", "describe", "calibrated_parameters", "MAX_FILE_BYTES",
 ]
 
 MAX_FILE_BYTES = 1_000_000
@@ -146,7 +146,7 @@ class OptimizerParams(_Frozen):
     """Province allocation: exact fast path or MILP, and planner mode settings."""
 
     mode: Literal["rules", "planner"] = Field("rules", description="rules: winners by rulebook; planner: MILP picks winners")
-    method: Literal["auto", "milp"] = Field("auto", description="auto: exact fast path, MILP when needed")
+    method: Literal["auto", "milp", "draft"] = Field("auto", description="auto: exact fast path, MILP when needed; milp: always; draft: no optimizer, winners pick provinces in price order")
     time_limit: float = Field(10.0, gt=0, le=3600, description="solver time limit per model, s")
     min_suppliers: int = Field(1, ge=1, le=31, description="planner: minimum winners per molecule")
     max_share: float = Field(1.0, gt=0, le=1, description="planner: maximum national share of one winner")
@@ -274,9 +274,14 @@ def _seed_round(round_id: str, file: str, field: str) -> dict:
     return out
 
 
-def resolve_raw(doc: dict, file: str) -> dict:
-    """Scenario document -> fully resolved plain dict (rounds and rulebooks by id, defaults filled)."""
+def resolve_raw(doc: dict, file: str, *, calibrated: bool = True) -> dict:
+    """Scenario document -> fully resolved plain dict (rounds and rulebooks by id, defaults filled).
+
+    Values come, last winning: defaults and the packaged tables; the calibrated parameters
+    (seeds/calibration.toml) unless `calibrated` is False; the scenario file itself.
+    """
     doc = copy.deepcopy(doc)
+    fitted = calibrated_parameters() if calibrated else {}
     known = {"name", "description", "start", "end", "rounds", "rulebooks", "agents", "market",
              "rules", "optimizer"}
     for key in doc:
@@ -312,6 +317,10 @@ def resolve_raw(doc: dict, file: str) -> dict:
         rounds[r["id"]] = r
 
     rulebooks = copy.deepcopy(data.read_toml("rulebooks.toml")["rulebooks"])
+    for path, value in fitted.items():
+        parts = path.split(".")
+        if parts[0] == "rulebooks" and len(parts) == 3 and parts[1] in rulebooks:
+            rulebooks[parts[1]][parts[2]] = value
     extra = doc.get("rulebooks", {})
     if not isinstance(extra, dict):
         raise InputError("expected a table of rulebooks", file=file, field="rulebooks")
@@ -344,8 +353,8 @@ def resolve_raw(doc: dict, file: str) -> dict:
         if not isinstance(section, dict):
             raise InputError(f"expected a table, got {section!r}", file=file, field=key)
         merged = model().model_dump()
-        if key == "agents":
-            merged.update(_calibrated_agents())
+        merged.update({p.split(".", 1)[1]: v for p, v in fitted.items()
+                       if p.startswith(key + ".") and p.split(".", 1)[1] in merged})
         for k, v in section.items():
             if k not in merged:
                 raise InputError(f"unknown key{did_you_mean(k, merged)}", file=file, field=f"{key}.{k}", value=v)
@@ -356,8 +365,8 @@ def resolve_raw(doc: dict, file: str) -> dict:
     return out
 
 
-def _calibrated_agents() -> dict:
-    """Agent parameters fitted by `vbp calibrate` (seeds/calibration.toml), if present."""
+def calibrated_parameters() -> dict[str, Any]:
+    """Parameters fitted by `vbp calibrate` (seeds/calibration.toml) by dotted path; {} if none."""
     try:
         cal = data.read_toml("calibration.toml")
     except FileNotFoundError:
@@ -419,7 +428,7 @@ def scenario_from_raw(raw: dict, file: str) -> Scenario:
                 keys = list(raw[loc[0]])
                 loc[1] = keys[loc[1]] if loc[1] < len(keys) else loc[1]
             path = ".".join(str(p) for p in loc) or "(scenario)"
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 parent = _lookup(raw, loc[:-1])
                 allowed = _allowed_keys(loc)
@@ -460,7 +469,7 @@ def load_scenario(ref: str | Path, overrides: Sequence[str] = ()) -> Scenario:
     return scenario_from_raw(raw, file)
 
 
-def load_raw(ref: str | Path) -> tuple[dict, str]:
+def load_raw(ref: str | Path, *, calibrated: bool = True) -> tuple[dict, str]:
     """Embedded name or path -> (resolved dict, file label for messages)."""
     path = Path(ref)
     names = data.embedded_scenarios()
@@ -473,7 +482,7 @@ def load_raw(ref: str | Path) -> tuple[dict, str]:
     else:
         file = str(ref)
     doc = read_toml_file(path)
-    return resolve_raw(doc, file), file
+    return resolve_raw(doc, file, calibrated=calibrated), file
 
 
 def flatten(raw: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -25,6 +25,7 @@ import pulp
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
+    "draft",
     "AllocationProblem",
     "Allocation",
     "AllocationError",
@@ -312,8 +313,10 @@ def allocate(problem: AllocationProblem, *, method: str = "auto",
     """
     if method == "milp":
         return solve_allocation_milp(problem, time_limit=time_limit)
+    if method == "draft":
+        return draft(problem)
     if method != "auto":
-        raise ValueError(f"method must be 'auto' or 'milp', got {method!r}")
+        raise ValueError(f"method must be 'auto', 'milp' or 'draft', got {method!r}")
     start = time.perf_counter()
     reason = _infeasibility(problem)
     if reason is not None:
@@ -326,6 +329,20 @@ def allocate(problem: AllocationProblem, *, method: str = "auto",
     if np.all(_within_capacity(result.volume, problem.capacity)):
         return result
     return solve_allocation_milp(problem, time_limit=time_limit)
+
+
+def draft(problem: AllocationProblem) -> Allocation:
+    """The rulebook's own allocation, no optimizer: winners pick in price order, one province
+    per turn, each taking the largest remaining province (batch 7 description, vbp_facts 2.4).
+
+    Capacity is ignored; this is the floor an optimizer adds its cost to (benchmarks).
+    """
+    start = time.perf_counter()
+    k, n_prov = problem.price.shape[0], problem.demand.shape[0]
+    order = np.argsort(problem.price, kind="stable")
+    provinces = np.argsort(-problem.demand, kind="stable")
+    supplier = order[np.arange(n_prov) % k][np.argsort(provinces, kind="stable")]
+    return _result(problem, supplier.astype(np.intp), "draft", start)
 
 
 @dataclass(frozen=True)

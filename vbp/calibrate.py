@@ -1,0 +1,324 @@
+"""Calibration by simulated method of moments, with common random numbers and a surrogate.
+
+Few structural parameters are fitted to many published moments of the rounds up to batch 7:
+
+- drugs: `cost_median_drug`, `cost_sigma_drug` (how low generic costs go, which sets how deep the
+  competitive bids can fall and how many bidders reach the gates) and `originator_premium` (the
+  brand margin an originator gives up by winning, why originators bid high and mostly lose); fitted to
+  every drug round's average cut, maximum cut, winning products per molecule, share of bidding firms
+  that win and share of listed molecules procured;
+- devices and insulin: one cost level each (`cost_median_stent`, `cost_median_joint`,
+  `cost_median_insulin`), fitted to the round's average cut and its winner counts.
+
+Procedure (per group): simulate the moments at a scrambled Sobol design over the parameter box,
+each point with the same replication seeds (common random numbers, so differences between points
+are not noise); fit each moment by a quadratic response surface in the (log) parameters; minimise
+the weighted squared distance to the published moments over the box; confirm by simulating at the
+optimum. Leave-one-round-out: refit without one drug round's moments and predict that round's
+average cut. Savings are never moments: the cumulative savings path stays an out-of-sample check.
+Evaluations are cached on disk, so an interrupted calibration resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.stats import qmc
+
+from vbp import metrics
+from vbp.model import run_replication
+from vbp.records import to_frames
+from vbp.scenario import Scenario, apply_overrides, load_raw, scenario_from_raw
+from vbp.strategies import cache_dir
+
+__all__ = ["Param", "Moment", "Group", "GROUPS", "moments_for", "simulate_moments", "calibrate_group",
+           "GroupFit", "calibrate", "to_toml"]
+
+
+@dataclass(frozen=True)
+class Param:
+    path: str  # dotted scenario path
+    low: float
+    high: float
+    why: str
+
+    @property
+    def name(self) -> str:
+        return self.path.split(".")[-1]
+
+
+@dataclass(frozen=True)
+class Moment:
+    name: str  # e.g. "batch3.avg_cut"
+    round: str
+    stat: str  # column of metrics.round_metrics, or derived
+    published: float
+    scale: float  # tolerance that weights it: squared error / scale^2
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    rounds: tuple[str, ...]  # rounds simulated for this group (including predecessors)
+    params: tuple[Param, ...]
+    design: int  # Sobol design size
+
+
+GROUPS = (
+    Group("drug", ("pilot", "expansion", "batch2", "batch3", "batch4", "batch5", "batch7"), (
+        Param("agents.cost_median_drug", 0.05, 0.6, "median generic unit cost / reference price"),
+        Param("agents.cost_sigma_drug", 0.3, 1.6, "spread of generic costs (log-sd)"),
+        Param("agents.originator_premium", 0.02, 1.0, "brand margin an originator forgoes by winning"),
+    ), 24),
+    Group("stent", ("stents",), (Param("agents.cost_median_stent", 0.005, 0.2, "stent unit cost"),), 8),
+    Group("joint", ("joints",), (
+        Param("agents.cost_median_joint", 0.02, 0.5, "joint unit cost"),
+        Param("rulebooks.joint.gate_ratio", 1.2, 6.0,
+              "the first round's win threshold was not published: estimated from the winner share"),
+    ), 16),
+    Group("insulin", ("insulin",), (Param("agents.cost_median_insulin", 0.05, 0.9, "insulin unit cost"),), 8),
+)
+
+# Weights: a moment's squared error is divided by its scale squared (cuts: 3 points; maximum cuts:
+# 5 points; winners per procured unit: 15%; winner and procured shares: 0.05).
+_SCALES = {"avg_cut": 0.03, "max_cut": 0.05, "winners_per_unit": None, "winner_share": 0.05,
+           "procured_share": 0.05}
+
+
+def moments_for(rounds: tuple[str, ...]) -> list[Moment]:
+    """Published moments of these rounds (from targets.toml; savings are never moments)."""
+    from vbp.data import read_toml
+
+    listed = {k: v["molecules"]["value"] for k, v in read_toml("rounds.toml")["rounds"].items()}
+    bidders = {k: v.get("bidding_firms", {}).get("value") for k, v in read_toml("rounds.toml")["rounds"].items()}
+    out = []
+    for rid in rounds:
+        t = metrics.round_targets().get(rid, {})
+        if "avg_cut" in t:
+            out.append(Moment(f"{rid}.avg_cut", rid, "avg_cut", t["avg_cut"], _SCALES["avg_cut"]))
+        if "max_cut" in t and rid not in ("stents", "insulin"):  # stents' 95% is an import average; insulin's is ">70%"
+            out.append(Moment(f"{rid}.max_cut", rid, "max_cut", t["max_cut"], _SCALES["max_cut"]))
+        won = t.get("winning_products")
+        units = t.get("products_won") if rid not in ("stents", "joints") else 1
+        if won and units and rid not in ("joints", "insulin"):  # insulin: all valid bids win; bidders are L
+            per = won / units
+            out.append(Moment(f"{rid}.winners_per_unit", rid, "winners_per_unit", per, 0.15 * per))
+        if t.get("winning_firms") and bidders.get(rid) and rid != "insulin":  # insulin bidders are L
+            share = t["winning_firms"] / bidders[rid]
+            out.append(Moment(f"{rid}.winner_share", rid, "winner_share", share, _SCALES["winner_share"]))
+        if rid == "pilot" and t.get("products_won"):
+            out.append(Moment("pilot.procured_share", rid, "procured_share", t["products_won"] / listed[rid],
+                              _SCALES["procured_share"]))
+    return out
+
+
+def _scenario(base_raw: dict, file: str, rounds: tuple[str, ...], theta: dict[str, float]) -> Scenario:
+    raw = json.loads(json.dumps(base_raw, default=str))
+    raw["rounds"] = {k: v for k, v in raw["rounds"].items() if k in rounds}
+    return scenario_from_raw(apply_overrides(raw, list(theta.items())), file)
+
+
+def simulate_moments(scenario: Scenario, moments: list[Moment], reps: int, seed: int) -> dict[str, float]:
+    """Mean of each moment over `reps` replications (seeds shared across parameter values)."""
+    frames = to_frames([run_replication(scenario, seed, r) for r in range(reps)])
+    rm = metrics.round_metrics(frames["units"], frames["bids"])
+    rm["procured_share"] = rm["procured"] / rm["units"]
+    means = rm.groupby("round")[["avg_cut", "max_cut", "winners_per_unit", "winner_share",
+                                 "procured_share"]].mean()
+    return {m.name: float(means.loc[m.round, m.stat]) for m in moments}
+
+
+def _eval_key(scenario: Scenario, reps: int, seed: int, names: list[str]) -> str:
+    text = json.dumps([scenario.digest(), reps, seed, names])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _evaluate(args) -> dict[str, float]:
+    scenario, moments, reps, seed = args
+    names = [m.name for m in moments]
+    root = cache_dir()
+    path = None if root is None else root / "calibration-v1" / f"{_eval_key(scenario, reps, seed, names)}.json"
+    if path is not None and path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    out = simulate_moments(scenario, moments, reps, seed)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(out))
+            tmp.replace(path)
+        except OSError:
+            pass
+    return out
+
+
+def _to_unit(x: np.ndarray, params: tuple[Param, ...]) -> np.ndarray:
+    lo = np.log([p.low for p in params])
+    hi = np.log([p.high for p in params])
+    return (np.log(x) - lo) / (hi - lo)
+
+
+def _from_unit(u: np.ndarray, params: tuple[Param, ...]) -> np.ndarray:
+    lo = np.log([p.low for p in params])
+    hi = np.log([p.high for p in params])
+    return np.exp(lo + np.asarray(u) * (hi - lo))
+
+
+def _features(u: np.ndarray) -> np.ndarray:
+    """Full quadratic in the unit-scaled log parameters."""
+    u = np.atleast_2d(u)
+    cols = [np.ones(len(u))] + [u[:, i] for i in range(u.shape[1])]
+    cols += [u[:, i] * u[:, j] for i in range(u.shape[1]) for j in range(i, u.shape[1])]
+    return np.column_stack(cols)
+
+
+@dataclass
+class GroupFit:
+    group: str
+    params: dict[str, float]
+    moments: list[Moment]
+    design_u: np.ndarray
+    design_y: np.ndarray  # (points, moments)
+    coef: np.ndarray  # (features, moments)
+    r2: dict[str, float]
+    objective_surrogate: float
+    confirmed: dict[str, float]  # simulated moments at the optimum
+    objective: float
+    loro: list[dict]
+
+
+def _objective(coef: np.ndarray, pub: np.ndarray, w: np.ndarray, keep: np.ndarray):
+    def f(u):
+        pred = _features(u) @ coef
+        return float(np.sum(w[keep] * (pred[0, keep] - pub[keep]) ** 2))
+    return f
+
+
+def _minimise(f: Callable, dim: int, starts: np.ndarray) -> np.ndarray:
+    best = None
+    for s in starts:
+        r = minimize(f, s, method="L-BFGS-B", bounds=[(0.0, 1.0)] * dim)
+        if best is None or r.fun < best.fun:
+            best = r
+    return np.clip(best.x, 0.0, 1.0)
+
+
+def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed: int, workers: int,
+                    progress: Callable[[str, int, int], None] | None = None) -> GroupFit:
+    """Design, surrogate, optimum, confirmation and leave-one-round-out for one parameter group."""
+    moments = moments_for(group.rounds)
+    dim = len(group.params)
+    sob = qmc.Sobol(dim, scramble=True, seed=seed)
+    with warnings.catch_warnings():  # a design size that is not a power of 2 is fine here
+        warnings.simplefilter("ignore", UserWarning)
+        u = sob.random(group.design)
+    u = np.vstack([u, np.full(dim, 0.5)])
+    thetas = [_from_unit(row, group.params) for row in u]
+
+    def scen(x):
+        return _scenario(base_raw, file, group.rounds, {p.path: float(v) for p, v in zip(group.params, x)})
+
+    tasks = [(scen(x), moments, reps, seed) for x in thetas]
+    results = _run_tasks(tasks, workers, lambda i, n: progress and progress(group.name, i, n))
+    names = [m.name for m in moments]
+    y = np.array([[r[n] for n in names] for r in results])
+    ok = np.all(np.isfinite(y), axis=1)
+    X = _features(u[ok])
+    coef, *_ = np.linalg.lstsq(X, y[ok], rcond=None)
+    resid = y[ok] - X @ coef
+    r2 = {n: float(1 - resid[:, j].var() / max(y[ok][:, j].var(), 1e-12)) for j, n in enumerate(names)}
+    pub = np.array([m.published for m in moments])
+    w = 1.0 / np.array([m.scale for m in moments]) ** 2
+    keep_all = np.ones(len(moments), dtype=bool)
+    starts = np.vstack([u[ok][np.argsort([_objective(coef, pub, w, keep_all)(row) for row in u[ok]])[:4]],
+                        np.full(dim, 0.5)])
+    u_hat = _minimise(_objective(coef, pub, w, keep_all), dim, starts)
+    theta = _from_unit(u_hat, group.params)
+    confirmed = _run_tasks([(scen(theta), moments, reps, seed)], 1, None)[0]
+    sim = np.array([confirmed[n] for n in names])
+    objective = float(np.sum(w * (sim - pub) ** 2))
+    loro = []
+    drug_rounds = [r for r in group.rounds if any(m.round == r and m.stat == "avg_cut" for m in moments)]
+    if group.name == "drug":
+        for r in drug_rounds:
+            keep = np.array([m.round != r for m in moments])
+            u_r = _minimise(_objective(coef, pub, w, keep), dim, starts)
+            j = names.index(f"{r}.avg_cut")
+            pred = float((_features(u_r) @ coef)[0, j])
+            loro.append({"round": r, "published": float(pub[j]), "predicted": pred,
+                         "error": pred - float(pub[j]),
+                         "params": {p.name: float(v) for p, v in zip(group.params, _from_unit(u_r, group.params))}})
+    return GroupFit(group.name, {p.path: float(v) for p, v in zip(group.params, theta)}, moments, u, y, coef, r2,
+                    float(_objective(coef, pub, w, keep_all)(u_hat)), confirmed, objective, loro)
+
+
+def _run_tasks(tasks: list, workers: int, progress) -> list[dict]:
+    if workers <= 1 or len(tasks) == 1:
+        out = []
+        for i, t in enumerate(tasks):
+            out.append(_evaluate(t))
+            if progress:
+                progress(i + 1, len(tasks))
+        return out
+    out = [None] * len(tasks)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(_evaluate, t): i for i, t in enumerate(tasks)}
+        from concurrent.futures import as_completed
+
+        for done, fut in enumerate(as_completed(futures), start=1):
+            out[futures[fut]] = fut.result()
+            if progress:
+                progress(done, len(tasks))
+    return out
+
+
+def calibrate(*, reps: int = 4, seed: int = 20181206, workers: int = 2, groups: tuple[str, ...] | None = None,
+              progress: Callable[[str, int, int], None] | None = None) -> list[GroupFit]:
+    """Calibrate every parameter group of the national-history scenario (prior values as base)."""
+    # Start from the uncalibrated priors, whatever an earlier calibration wrote.
+    raw, file = load_raw("national-history", calibrated=False)
+    base = json.loads(json.dumps(raw, default=str))
+    chosen = [g for g in GROUPS if groups is None or g.name in groups]
+    return [calibrate_group(g, base, file, reps=reps, seed=seed, workers=workers, progress=progress)
+            for g in chosen]
+
+
+def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict:
+    """The calibration file's content: parameters, provenance, per-moment fit, LORO."""
+    params = {}
+    for f in fits:
+        params.update({k: round(v, 6) for k, v in f.params.items()})
+    doc = {
+        "meta": {"date": dt.date.today().isoformat(), "command": command, "seed": seed,
+                 "replications_per_point": reps,
+                 "method": "simulated method of moments; Sobol design + quadratic surrogate; common random numbers",
+                 "note": "savings are not moments; the cumulative savings path is validated out of sample"},
+        "parameters": params,
+        "fit": {},
+        "loro": [],
+    }
+    for f in fits:
+        names = [m.name for m in f.moments]
+        doc["fit"][f.group] = {
+            "objective": round(f.objective, 4),
+            "objective_surrogate": round(f.objective_surrogate, 4),
+            "design_points": int(len(f.design_u)),
+            "moments": [{"name": m.name, "published": m.published, "simulated": round(f.confirmed[m.name], 4),
+                         "error": round(f.confirmed[m.name] - m.published, 4), "scale": round(m.scale, 4),
+                         "surrogate_r2": round(f.r2[m.name], 3)} for m in f.moments if m.name in names],
+        }
+        doc["loro"].extend({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                            if k != "params"} for row in f.loro)
+    return doc
+

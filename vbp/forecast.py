@@ -1,0 +1,79 @@
+"""Forecasts: a round described only by its inputs -> predicted outcomes with 95% intervals.
+
+A forecast file holds one `[round]` table with the same fields as a scenario's inline round
+(date, molecules, bidding firms and products, rulebook, market value if known) and, optionally,
+`[agents]`, `[market]`, `[rules]` overrides. The calibrated parameters apply as in any scenario.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from vbp import metrics
+from vbp.errors import InputError
+from vbp.experiment import RunResult, run
+from vbp.scenario import Scenario, apply_overrides, parse_override, read_toml_file, resolve_raw, scenario_from_raw
+
+__all__ = ["load_forecast", "forecast_summary", "run_forecast", "STATS"]
+
+STATS = ("avg_cut", "winning_firms", "winning_products", "winner_share", "annual_savings_bn")
+
+
+def load_forecast(path: str | Path, overrides: tuple[str, ...] = ()) -> Scenario:
+    """Read a forecast file into a one-round scenario."""
+    file = str(path)
+    doc = read_toml_file(Path(path))
+    allowed = {"round", "agents", "market", "rules", "optimizer", "rulebooks"}
+    for key in doc:
+        if key not in allowed:
+            from vbp.errors import did_you_mean
+
+            raise InputError(f"unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(sorted(allowed))}",
+                             file=file, field=key)
+    rnd = doc.get("round")
+    if not isinstance(rnd, dict):
+        raise InputError("missing required table [round] describing the round's inputs", file=file,
+                         field="round")
+    if "bid_date" not in rnd:
+        raise InputError("missing required field", file=file, field="round.bid_date")
+    bid = rnd["bid_date"]
+    if isinstance(bid, str):
+        try:
+            bid = dt.date.fromisoformat(bid)
+        except ValueError:
+            raise InputError(f"expected a date like 2023-03-29, got {bid!r}", file=file,
+                             field="round.bid_date", value=bid) from None
+    if not isinstance(bid, dt.date):
+        raise InputError(f"expected a date, got {bid!r}", file=file, field="round.bid_date", value=bid)
+    scen = {k: v for k, v in doc.items() if k != "round"}
+    scen.update({"name": rnd.get("id", Path(file).stem), "start": dt.date(bid.year, 1, 1).isoformat(),
+                 "end": dt.date(bid.year + 3, 12, 31).isoformat(), "rounds": [rnd],
+                 "description": f"forecast of {rnd.get('name', rnd.get('id', file))}"})
+    raw = resolve_raw(scen, file)
+    raw = apply_overrides(raw, [parse_override(o) for o in overrides])
+    return scenario_from_raw(raw, file)
+
+
+def forecast_summary(result: RunResult) -> dict:
+    """The forecast JSON document: each statistic's mean and 95% interval over replications."""
+    rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])
+    rid = result.scenario.rounds[0].id
+    sub = rm[rm["round"] == rid]
+    doc: dict = {"round": rid}
+    for stat in STATS:
+        s = metrics.summarize(sub[stat])
+        doc[stat] = {"mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"]}
+    doc["procured"] = {k: v for k, v in metrics.summarize(sub["procured"]).items() if k != "n"}
+    doc["molecules_listed"] = result.scenario.rounds[0].molecules
+    doc["replications"] = result.replications
+    doc["seed"] = result.seed
+    return doc
+
+
+def run_forecast(path: str | Path, *, replications: int, seed: int, workers: int | None,
+                 overrides: tuple[str, ...] = (), progress=None) -> tuple[RunResult, dict]:
+    """Simulate the round `replications` times and summarise."""
+    scenario = load_forecast(path, overrides)
+    result = run(scenario, replications=replications, seed=seed, workers=workers, progress=progress)
+    return result, forecast_summary(result)
