@@ -32,7 +32,7 @@ def test_quadratic_surrogate_is_exact_on_a_quadratic():
 
 def test_unit_scaling_round_trips():
     params = cal.GROUPS[0].params
-    x = np.array([0.2, 0.9, 0.3])
+    x = np.array([0.2, 0.9, 0.3, 62.0])
     np.testing.assert_allclose(cal._from_unit(cal._to_unit(x, params), params), x)
 
 
@@ -47,5 +47,5 @@ def test_stent_calibration_reproduces_the_stent_cut():
     assert 0.005 <= median <= 0.2
     assert abs(fit.confirmed["stents.avg_cut"] - 0.93) < 0.03
     doc = cal.to_toml([fit], command="test", seed=3, reps=1)
-    assert doc["parameters"]["agents.cost_median_stent"] == pytest.approx(median, rel=1e-5)
+    assert doc["parameters"]["agents.cost_median_stent"] == pytest.approx(median, abs=1e-6)
     assert doc["fit"]["stent"]["moments"][0]["name"] == "stents.avg_cut"

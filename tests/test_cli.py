@@ -294,3 +294,13 @@ def test_runtime_failure_exits_1_without_traceback(monkeypatch):
     assert result.exit_code == 1
     assert "batch2" in result.stderr and "Traceback" not in result.stderr + result.stdout
     assert result.stdout == ""
+
+
+def test_command_reference_is_current():
+    """docs/cli.md is generated from the click objects (python -m vbp.clidoc > docs/cli.md)."""
+    from pathlib import Path
+
+    from vbp.clidoc import render
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    assert doc.read_text(encoding="utf-8") == render(), "regenerate: python -m vbp.clidoc > docs/cli.md"

@@ -164,3 +164,18 @@ def test_parse_override_types():
     assert parse_override("a=cost_plus") == ("a", "cost_plus")
     with pytest.raises(InputError):
         parse_override("no-equals-sign")
+
+
+def test_every_calibrated_parameter_reaches_the_scenario():
+    """Each dotted path in seeds/calibration.toml is applied when a scenario loads (and can be
+    switched off), whatever section it lives in: agents, rulebooks or rounds."""
+    from vbp.scenario import calibrated_parameters
+
+    fitted = calibrated_parameters()
+    if not fitted:
+        pytest.skip("no calibration file")
+    on = dict(flatten(load_raw("national-history")[0]))
+    off = dict(flatten(load_raw("national-history", calibrated=False)[0]))
+    for path, value in fitted.items():
+        assert on[path] == value, path
+    assert any(on[p] != off[p] for p in fitted)

@@ -49,6 +49,7 @@ class Param:
     low: float
     high: float
     why: str
+    integer: bool = False  # round to a whole number (counts)
 
     @property
     def name(self) -> str:
@@ -77,7 +78,9 @@ GROUPS = (
         Param("agents.cost_median_drug", 0.05, 0.6, "median generic unit cost / reference price"),
         Param("agents.cost_sigma_drug", 0.3, 1.6, "spread of generic costs (log-sd)"),
         Param("agents.originator_premium", 0.02, 1.0, "brand margin an originator forgoes by winning"),
-    ), 24),
+        Param("rounds.pilot.bidding_products", 31, 124,
+              "products bidding in the pilot: not published (1-4 per molecule), estimated", integer=True),
+    ), 32),
     Group("stent", ("stents",), (Param("agents.cost_median_stent", 0.005, 0.2, "stent unit cost"),), 8),
     Group("joint", ("joints",), (
         Param("agents.cost_median_joint", 0.02, 0.5, "joint unit cost"),
@@ -123,7 +126,8 @@ def moments_for(rounds: tuple[str, ...]) -> list[Moment]:
 def _scenario(base_raw: dict, file: str, rounds: tuple[str, ...], theta: dict[str, float]) -> Scenario:
     raw = json.loads(json.dumps(base_raw, default=str))
     raw["rounds"] = {k: v for k, v in raw["rounds"].items() if k in rounds}
-    return scenario_from_raw(apply_overrides(raw, list(theta.items())), file)
+    sets = [(p, v) for p, v in theta.items() if p.split(".")[0] != "rounds" or p.split(".")[1] in rounds]
+    return scenario_from_raw(apply_overrides(raw, sets), file)
 
 
 def simulate_moments(scenario: Scenario, moments: list[Moment], reps: int, seed: int) -> dict[str, float]:
@@ -224,42 +228,72 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
         warnings.simplefilter("ignore", UserWarning)
         u = sob.random(group.design)
     u = np.vstack([u, np.full(dim, 0.5)])
-    thetas = [_from_unit(row, group.params) for row in u]
 
     def scen(x):
-        return _scenario(base_raw, file, group.rounds, {p.path: float(v) for p, v in zip(group.params, x)})
+        values = {p.path: (int(round(v)) if p.integer else float(v)) for p, v in zip(group.params, x)}
+        return _scenario(base_raw, file, group.rounds, values)
 
-    tasks = [(scen(x), moments, reps, seed) for x in thetas]
-    results = _run_tasks(tasks, workers, lambda i, n: progress and progress(group.name, i, n))
     names = [m.name for m in moments]
-    y = np.array([[r[n] for n in names] for r in results])
-    ok = np.all(np.isfinite(y), axis=1)
-    X = _features(u[ok])
-    coef, *_ = np.linalg.lstsq(X, y[ok], rcond=None)
-    resid = y[ok] - X @ coef
-    r2 = {n: float(1 - resid[:, j].var() / max(y[ok][:, j].var(), 1e-12)) for j, n in enumerate(names)}
     pub = np.array([m.published for m in moments])
     w = 1.0 / np.array([m.scale for m in moments]) ** 2
     keep_all = np.ones(len(moments), dtype=bool)
-    starts = np.vstack([u[ok][np.argsort([_objective(coef, pub, w, keep_all)(row) for row in u[ok]])[:4]],
-                        np.full(dim, 0.5)])
-    u_hat = _minimise(_objective(coef, pub, w, keep_all), dim, starts)
+
+    def stage(points: np.ndarray, label: str):
+        tasks = [(scen(_from_unit(row, group.params)), moments, reps, seed) for row in points]
+        res = _run_tasks(tasks, workers, lambda i, n: progress and progress(f"{group.name} {label}", i, n))
+        y = np.array([[r[n] for n in names] for r in res])
+        ok = np.all(np.isfinite(y), axis=1)
+        coef, *_ = np.linalg.lstsq(_features(points[ok]), y[ok], rcond=None)
+        resid = y[ok] - _features(points[ok]) @ coef
+        r2 = {n: float(1 - resid[:, j].var() / max(y[ok][:, j].var(), 1e-12)) for j, n in enumerate(names)}
+        order = np.argsort([_objective(coef, pub, w, keep_all)(row) for row in points[ok]])
+        starts = np.vstack([points[ok][order[:4]], np.full(dim, 0.5)])
+        return y, coef, r2, starts
+
+    # stage 1: global design over the box
+    y1, coef1, _, starts = stage(u, "global")
+    u_mid = _minimise(_objective(coef1, pub, w, keep_all), dim, starts)
+    # stage 2: a local design around the stage-1 optimum (a quadratic is accurate locally)
+    half = 0.2
+    lo, hi = np.clip(u_mid - half, 0, 1), np.clip(u_mid + half, 0, 1)
+    local = lo + sob.random(max(8, group.design // 2)) * (hi - lo)
+    local = np.vstack([local, u_mid])
+    y, coef, r2, starts = stage(local, "local")
+    u = np.vstack([u, local])
+    y = np.vstack([y1, y])
+    u_hat = _minimise(_objective(coef, pub, w, keep_all), dim, np.vstack([starts, u_mid]))
     theta = _from_unit(u_hat, group.params)
+    theta = np.array([round(v) if p.integer else v for p, v in zip(group.params, theta)])
     confirmed = _run_tasks([(scen(theta), moments, reps, seed)], 1, None)[0]
     sim = np.array([confirmed[n] for n in names])
     objective = float(np.sum(w * (sim - pub) ** 2))
+    # The surrogate can mislead where a moment bends (e.g. at a box edge): every design point was
+    # simulated with the same seeds, so if one fits better than the surrogate's optimum, take it.
+    design_obj = np.where(np.all(np.isfinite(y), axis=1), np.sum(w * (y - pub) ** 2, axis=1), np.inf)
+    best = int(np.argmin(design_obj))
+    if design_obj[best] < objective:
+        u_hat = u[best]
+        theta = _from_unit(u_hat, group.params)
+        theta = np.array([round(v) if p.integer else v for p, v in zip(group.params, theta)])
+        confirmed = _run_tasks([(scen(theta), moments, reps, seed)], 1, None)[0]
+        sim = np.array([confirmed[n] for n in names])
+        objective = float(np.sum(w * (sim - pub) ** 2))
     loro = []
     drug_rounds = [r for r in group.rounds if any(m.round == r and m.stat == "avg_cut" for m in moments)]
     if group.name == "drug":
+        # the whole design (global and local points) for a surrogate valid across the box
+        fin = np.all(np.isfinite(y), axis=1)
+        coef_all, *_ = np.linalg.lstsq(_features(u[fin]), y[fin], rcond=None)
         for r in drug_rounds:
             keep = np.array([m.round != r for m in moments])
-            u_r = _minimise(_objective(coef, pub, w, keep), dim, starts)
+            u_r = _minimise(_objective(coef_all, pub, w, keep), dim, np.vstack([starts, u_hat]))
             j = names.index(f"{r}.avg_cut")
-            pred = float((_features(u_r) @ coef)[0, j])
+            pred = float((_features(u_r) @ coef_all)[0, j])
             loro.append({"round": r, "published": float(pub[j]), "predicted": pred,
                          "error": pred - float(pub[j]),
                          "params": {p.name: float(v) for p, v in zip(group.params, _from_unit(u_r, group.params))}})
-    return GroupFit(group.name, {p.path: float(v) for p, v in zip(group.params, theta)}, moments, u, y, coef, r2,
+    return GroupFit(group.name, {p.path: (int(v) if p.integer else float(v)) for p, v in zip(group.params, theta)},
+                    moments, u, y, coef, r2,
                     float(_objective(coef, pub, w, keep_all)(u_hat)), confirmed, objective, loro)
 
 
@@ -311,6 +345,9 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
     for f in fits:
         names = [m.name for m in f.moments]
         doc["fit"][f.group] = {
+            "command": command,
+            "date": doc["meta"]["date"],
+            "parameters": {k: v for k, v in params.items() if k in f.params},
             "objective": round(f.objective, 4),
             "objective_surrogate": round(f.objective_surrogate, 4),
             "design_points": int(len(f.design_u)),

@@ -421,6 +421,17 @@ def params(scenario, as_json):
         click.echo(f"{r['path']:<48} {str(default):<24} {r['description']}")
 
 
+from vbp.cli_plot import plot_command, report_command  # noqa: E402
+
+cli.add_command(plot_command)
+cli.add_command(report_command)
+
+
+from vbp.sweep import sweep_command  # noqa: E402
+
+cli.add_command(sweep_command)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     cli(prog_name="vbp")
 

@@ -37,7 +37,9 @@ __all__ = ["Unit", "FirmPool", "make_firm_pool", "generate_units", "cost_distrib
 # Hip bearings and knee; hip volume split across bearings is not published (equal thirds, L).
 JOINT_CATEGORIES = (("hip ceramic-ceramic", 1 / 3, 35000.0), ("hip ceramic-PE", 1 / 3, 35000.0),
                     ("hip alloy-PE", 1 / 3, 35000.0), ("knee", 1.0, 32000.0))
-HIP_SYSTEMS, KNEE_SYSTEMS = 305542, 231976  # [A3,A4] (H)
+# Intended first-year volumes are 90% of hospitals' reported demand [A3,A4] (H); units hold the
+# reported demand, to which the rank-volume table applies.
+HIP_SYSTEMS, KNEE_SYSTEMS = 305542 / 0.9, 231976 / 0.9
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ def effective_rulebook(rb: rules.Rulebook, policy: RuleOverrides) -> rules.Ruleb
         changes["safe_harbour_cut"] = 0.5
     if policy.max_winners_cap is not None:
         changes["max_winners"] = tuple(min(m, policy.max_winners_cap) for m in rb.max_winners)
+    if policy.anchor_mean_factor is not None:
+        changes["anchor_mean_factor"] = policy.anchor_mean_factor
     return dataclasses.replace(rb, **changes) if changes else rb
 
 
@@ -73,6 +75,9 @@ class AwardedUnit:
     status: str
     contract_years: int
     bids: np.ndarray  # (n,) sealed bids, yuan per unit; nan = no bid
+    provinces_won: np.ndarray | None = None  # (n,) provinces each winner supplies (drugs)
+    method: str = "none"  # how the volume was allocated: trivial | assignment | milp | planner | brand | none
+    objective: float = float("nan")  # allocation cost, yuan
 
 
 @dataclass
@@ -123,7 +128,7 @@ class Simulation:
     def supply_start_day(self, rnd: Round) -> float:
         """First day of the month in which supply starts (bid date + implementation lag)."""
         d = rnd.bid_date
-        months = int(round(rnd.supply_lag_months))
+        months = int(rnd.supply_lag_months + 0.5)  # half months round up (3.5 -> 4)
         y, m = divmod(d.month - 1 + months, 12)
         return self.day(dt.date(d.year + y, m + 1, 1))
 
@@ -153,8 +158,9 @@ class Simulation:
             awarded = self._resolve_pre_awards(rb, awarded)
         self.prices[rnd.id] = {a.unit.index: float(np.nanmin(a.award.price)) / a.unit.norm_price
                                for a in awarded if a.procured}
+        awarded = [self._allocate(rnd, a) for a in awarded]
         for a in awarded:
-            self._record(rnd, rb, a)
+            self._record(rnd, a)
         return awarded
 
     def _bids(self, rnd: Round, rb: rules.Rulebook, u: Unit) -> np.ndarray:
@@ -212,10 +218,13 @@ class Simulation:
         self.solve_s += alloc.solve_s
         agreed = np.zeros(u.n)
         agreed[won] = alloc.volume
+        provinces_won = np.zeros(u.n, dtype=int)
+        provinces_won[won] = np.bincount(alloc.supplier, minlength=int(won.sum()))
         a = rules.Award(won=won, price=np.where(won, bids, np.nan), agreed=agreed / max(u.demand, 1e-12),
                         n_valid=int(valid.sum()), n_winners=int(won.sum()))
         years = rnd.contract_years or rules.contract_years_for(rb, max(a.n_winners, 1))
-        return AwardedUnit(u, a, agreed, True, "awarded", years, bids)
+        return AwardedUnit(u, a, agreed, True, "awarded", years, bids, provinces_won, "planner",
+                           alloc.objective)
 
     def _resolve_pre_awards(self, rb: rules.Rulebook, awarded: list[AwardedUnit]) -> list[AwardedUnit]:
         """Pilot: provisional single-bidder awards win outright or go to negotiation."""
@@ -252,16 +261,17 @@ class Simulation:
         homes = self.pool.home[u.firm[bidders]]
         return rate * self._distance[np.ix_(homes, u.province_idx)]
 
-    def _allocate(self, rnd: Round, a: AwardedUnit) -> tuple[np.ndarray, str, float]:
-        """Province allocation of a drug unit's agreed volume: (provinces won, method, cost)."""
-        u, won = a.unit, np.flatnonzero(a.award.won)
-        provinces_won = np.zeros(u.n, dtype=int)
+    def _allocate(self, rnd: Round, a: AwardedUnit) -> AwardedUnit:
+        """Province allocation of a drug unit's agreed volume; winners' volumes become what the
+        optimizer gives each (device and insulin volumes follow brand-level demand)."""
+        u = a.unit
         if u.demand_share is not None:
-            return provinces_won, "brand", float("nan")
+            return dataclasses.replace(a, method="brand", provinces_won=np.zeros(u.n, dtype=int))
         if not a.procured:
-            return provinces_won, "none", float("nan")
-        if self.scenario.optimizer.mode == "planner":
-            return a.agreed.astype(bool).astype(int), "planner", float("nan")
+            return dataclasses.replace(a, method="none", provinces_won=np.zeros(u.n, dtype=int))
+        if a.provinces_won is not None:  # planner mode allocated already
+            return a
+        won = np.flatnonzero(a.award.won)
         share = a.agreed[won].sum() / max(u.demand, 1e-12)
         problem = wdp.AllocationProblem(
             price=a.award.price[won], demand=u.province_demand * share,
@@ -270,21 +280,20 @@ class Simulation:
         opt = self.scenario.optimizer
         try:
             alloc = wdp.allocate(problem, method=opt.method, time_limit=opt.time_limit)
-        except wdp.AllocationError:
-            # Capacities cannot cover the agreed volume: the rulebook's winners must supply anyway
-            # (capacity expands), so allocate without the capacity limits and say so.
-            problem = dataclasses.replace(problem, capacity=np.full(len(won), np.inf))
-            try:
-                alloc = wdp.allocate(problem, method=opt.method, time_limit=opt.time_limit)
-            except wdp.AllocationError as exc:
-                raise SimulationError(str(exc)) from None
+        except wdp.AllocationError as exc:
+            raise SimulationError(f"{exc}; the rulebook's winners cannot cover the agreed volume within "
+                                  "their capacities (raise agents.capacity_low or check the round)") from None
         self.solve_s += alloc.solve_s
+        provinces_won = np.zeros(u.n, dtype=int)
         provinces_won[won] = np.bincount(alloc.supplier, minlength=len(won))
-        return provinces_won, alloc.method, alloc.objective
+        agreed = np.zeros(u.n)
+        agreed[won] = alloc.volume
+        return dataclasses.replace(a, agreed=agreed, provinces_won=provinces_won, method=alloc.method,
+                                   objective=alloc.objective)
 
-    def _record(self, rnd: Round, rb: rules.Rulebook, a: AwardedUnit) -> None:
+    def _record(self, rnd: Round, a: AwardedUnit) -> None:
         u, aw = a.unit, a.award
-        provinces_won, method, objective = self._allocate(rnd, a)
+        provinces_won, method, objective = a.provinces_won, a.method, a.objective
         for i in range(u.n):
             self.record.bids.append(BidRow(
                 self.rep, rnd.id, u.index, u.label, i, int(u.firm[i]), bool(u.originator[i]),

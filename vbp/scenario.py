@@ -140,6 +140,7 @@ class RuleOverrides(_Frozen):
     gate_ratio: float | None = Field(None, gt=0, le=100, description="price gate multiple of the lowest bid")
     safe_harbour: bool | None = Field(None, description="keep the 50%-below-ceiling route (false removes it)")
     max_winners_cap: int | None = Field(None, ge=1, le=100, description="cap on winners per molecule")
+    anchor_mean_factor: float | None = Field(None, gt=0, le=10, description="gate anchor = max(lowest, factor x mean valid bid) (batch 11: 0.5)")
 
 
 class OptimizerParams(_Frozen):
@@ -264,12 +265,15 @@ def _fact_value(v: Any) -> Any:
     return v
 
 
-def _seed_round(round_id: str, file: str, field: str) -> dict:
+def _seed_round(round_id: str, file: str, field: str, fitted: dict[str, Any]) -> dict:
+    """A round of the packaged table, with any calibrated value for it (`rounds.<id>.<field>`)."""
     table = data.read_toml("rounds.toml")["rounds"]
     if round_id not in table:
         raise InputError(f"unknown round id {round_id!r}{did_you_mean(round_id, table)}; known: "
                          + ", ".join(table), file=file, field=field, value=round_id)
     out = {k: _fact_value(v) for k, v in table[round_id].items()}
+    prefix = f"rounds.{round_id}."
+    out.update({p[len(prefix):]: v for p, v in fitted.items() if p.startswith(prefix)})
     out["id"] = round_id
     return out
 
@@ -300,11 +304,11 @@ def resolve_raw(doc: dict, file: str, *, calibrated: bool = True) -> dict:
     for i, item in enumerate(rounds_in):
         field = f"rounds[{i}]"
         if isinstance(item, str):
-            r = _seed_round(item, file, field)
+            r = _seed_round(item, file, field, fitted)
         elif isinstance(item, dict):
             item = {k: _fact_value(v) for k, v in item.items()}
             base = item.pop("from", None)
-            r = _seed_round(base, file, field + ".from") if base is not None else {}
+            r = _seed_round(base, file, field + ".from", fitted) if base is not None else {}
             r.update(item)
             if "id" not in r:
                 raise InputError("missing required field 'id'", file=file, field=field)

@@ -1,0 +1,124 @@
+"""Performance of one national-history replication, measured in one process so ratios hold.
+
+Usage: python benchmarks/run.py [--json] [--planner] [--reps N]
+
+Bid functions are solved once and cached (memory and disk); the warm-up that fills the cache is
+reported separately (`warmup_s`) and the timed runs are warm, as in any sweep after its first
+replications. Figures:
+  replication_s    median wall time of one replication with exact optimization
+  no_optimizer_s   the same with the allocation replaced by the rulebook's draft (no optimizer)
+  ratio            replication_s / no_optimizer_s
+  milp_share       share of replication time spent building and solving allocation models
+  reps_per_min_1w  throughput with 1 worker process; reps_per_min_2w with 2
+  scaling          time at 1x, 2x, 4x molecules and bidders per molecule, and the fitted exponent
+                   of time against molecules x bidders
+  peak_rss_mb      peak resident memory of this process
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from vbp.experiment import run
+from vbp.model import run_replication
+from vbp.scenario import load_scenario
+
+SCENARIO = "national-history"
+
+
+def timed_reps(scenario, reps: int, seed: int = 1) -> tuple[list[float], float]:
+    """Wall times of replications 0..reps-1 and the total allocation solve time."""
+    walls, solve = [], 0.0
+    for r in range(reps):
+        t0 = time.perf_counter()
+        rec = run_replication(scenario, seed, r)
+        walls.append(time.perf_counter() - t0)
+        solve += rec.timing["solve_s"]
+    return walls, solve
+
+
+def throughput(scenario, workers: int, reps: int) -> float:
+    t0 = time.perf_counter()
+    run(scenario, replications=reps, seed=1, workers=workers)
+    return 60.0 * reps / (time.perf_counter() - t0)
+
+
+def scaled(factor: int, extra: tuple[str, ...] = ()) -> object:
+    """national-history with `factor` x molecules and `factor` x bidders per molecule."""
+    base = load_scenario(SCENARIO, extra)
+    sets = list(extra)
+    for r in base.rounds:
+        if r.category != "drug":
+            continue
+        sets.append(f"rounds.{r.id}.molecules={r.molecules * factor}")
+        sets.append(f"rounds.{r.id}.market_value_bn={r.market_value_bn * factor}")
+        if r.bidding_products is not None:
+            sets.append(f"rounds.{r.id}.bidding_products={r.bidding_products * factor * factor}")
+        if r.bidding_firms is not None:
+            sets.append(f"rounds.{r.id}.bidding_firms={r.bidding_firms * factor * factor}")
+    sets.append(f"agents.firm_pool={base.agents.firm_pool * factor * factor}")
+    return load_scenario(SCENARIO, sets)
+
+
+def measure(reps: int, extra: tuple[str, ...] = ()) -> dict:
+    exact = load_scenario(SCENARIO, extra)
+    t0 = time.perf_counter()
+    timed_reps(exact, reps)  # warm-up: solve and cache every bid function these replications need
+    warmup = time.perf_counter() - t0
+    walls, solve = timed_reps(exact, reps)
+    floor = load_scenario(SCENARIO, (*extra, "optimizer.method=draft"))
+    timed_reps(floor, reps)
+    floor_walls, _ = timed_reps(floor, reps)
+    out = {
+        "warmup_s": round(warmup, 2),
+        "replication_s": round(statistics.median(walls), 4),
+        "no_optimizer_s": round(statistics.median(floor_walls), 4),
+    }
+    out["ratio"] = round(out["replication_s"] / out["no_optimizer_s"], 3)
+    out["milp_share"] = round(solve / sum(walls), 4)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--planner", action="store_true", help="also measure the planner mode")
+    ap.add_argument("--reps", type=int, default=7)
+    args = ap.parse_args()
+
+    res = measure(args.reps)
+    scen = load_scenario(SCENARIO)
+    res["reps_per_min_1w"] = round(throughput(scen, 1, 4 * args.reps), 1)
+    res["reps_per_min_2w"] = round(throughput(scen, 2, 4 * args.reps), 1)
+    res["speedup_2w"] = round(res["reps_per_min_2w"] / res["reps_per_min_1w"], 2)
+    points = []
+    for f in (1, 2, 4):
+        s = scaled(f)
+        timed_reps(s, 2)
+        walls, _ = timed_reps(s, 3)
+        # molecules x bidders per molecule = the number of bids in a replication
+        size = len(run_replication(s, 1, 0).bids)
+        points.append({"factor": f, "bids": size, "replication_s": round(statistics.median(walls), 4)})
+    x = np.log([p["bids"] for p in points])
+    y = np.log([p["replication_s"] for p in points])
+    res["scaling"] = {"points": points, "exponent": round(float(np.polyfit(x, y, 1)[0]), 3)}
+    if args.planner:
+        res["planner"] = measure(max(3, args.reps // 2), ("optimizer.mode=planner",))
+    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if args.json:
+        json.dump(res, sys.stdout, indent=2)
+        print()
+    else:
+        for k, v in res.items():
+            print(f"{k:>18}: {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Where tasks run: in-process, a local process pool, or a Dask cluster, behind one interface.
+
+Every backend is a `concurrent.futures.Executor` (Dask through `Client.get_executor`), so one loop
+(`run_tasks`) submits tasks, keeps a bounded number in flight and reports each result as it
+arrives. Results never depend on the backend: a task is a pure function of its arguments.
+Dask is optional and imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    BrokenExecutor,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from vbp.errors import InputError
+from vbp.experiment import default_workers
+
+__all__ = ["InProcessExecutor", "Backend", "open_executor", "run_tasks"]
+
+MAX_ATTEMPTS = 3  # a task whose worker process died is retried on a fresh pool up to this often
+
+
+class InProcessExecutor(Executor):
+    """Runs each task at submission, in this process (one worker; easiest to debug)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # a KeyboardInterrupt propagates to the caller
+            future.set_exception(exc)
+        return future
+
+
+@dataclass
+class Backend:
+    """An open executor and what the task loop needs to know about it."""
+
+    executor: Executor
+    name: str  # "in-process" | "processes" | "dask"
+    slots: int  # tasks that run at once
+    address: str | None = None  # Dask scheduler address
+    restart: Callable[[], Executor] | None = None  # a fresh executor after a worker died
+
+    def stop(self, *, abandon: bool) -> None:
+        """Shut the executor down; with `abandon`, cancel queued tasks and stop running ones."""
+        ex = self.executor
+        if isinstance(ex, ProcessPoolExecutor):
+            ex.shutdown(wait=not abandon, cancel_futures=abandon)
+            if abandon:
+                _kill_workers(ex)
+        else:
+            ex.shutdown(wait=not abandon)
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool's worker processes now (their in-flight tasks are lost by design)."""
+    kill = getattr(pool, "kill_workers", None)  # Python >= 3.14
+    if kill is not None:
+        kill()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.kill()
+
+
+def _worker_init(parent: int) -> None:
+    """Pool workers leave Ctrl-C to the parent, and exit when the parent is gone (killed)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)  # orphaned: nobody will collect this worker's results
+
+    threading.Thread(target=watch, name="vbp-parent-watch", daemon=True).start()
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),))
+
+
+@contextmanager
+def open_executor(workers: int | None = None, scheduler: str | None = None,
+                  local_cluster: bool = False) -> Iterator[Backend]:
+    """Open the backend the options ask for and close it on exit.
+
+    `scheduler` joins a running Dask cluster (tcp://HOST:PORT); `local_cluster` starts a Dask
+    LocalCluster on 127.0.0.1 (processes, `workers` or 2 of them, one thread each, no dashboard);
+    otherwise `workers` = 1 runs in-process and more use a local process pool (default: all cores).
+    """
+    if scheduler and local_cluster:
+        raise InputError("use either --scheduler or --local-cluster, not both", field="--scheduler",
+                         value=scheduler)
+    if scheduler or local_cluster:
+        with _dask_backend(scheduler, workers or 2) as backend:
+            yield backend
+        return
+    n = workers or default_workers()
+    if n <= 1:
+        yield Backend(InProcessExecutor(), "in-process", 1)
+        return
+    backend = Backend(_process_pool(n), "processes", n, restart=lambda: _process_pool(n))
+    with _stopping(backend):
+        yield backend
+
+
+@contextmanager
+def _stopping(backend: Backend) -> Iterator[Backend]:
+    """Stop the backend on exit: abandon the tasks in flight if the body raised (Ctrl-C included)."""
+    try:
+        yield backend
+    except BaseException:
+        backend.stop(abandon=True)
+        raise
+    backend.stop(abandon=False)
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise InputError("Dask is not installed; install the extra: pip install 'vbp[dask]'",
+                         field="--scheduler") from None
+    return distributed
+
+
+@contextmanager
+def _dask_backend(scheduler: str | None, workers: int) -> Iterator[Backend]:
+    distributed = _import_distributed()
+    cluster = None
+    try:
+        if scheduler:
+            client = distributed.Client(scheduler, timeout="10s", set_as_default=False)
+        else:
+            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                               host="127.0.0.1", dashboard_address=None)
+            client = distributed.Client(cluster, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        if cluster is not None:
+            cluster.close()
+        raise InputError(f"cannot reach the Dask scheduler: {exc}", field="--scheduler",
+                         value=scheduler) from None
+    try:
+        slots = max(1, sum(client.nthreads().values()))
+        backend = Backend(client.get_executor(pure=False), "dask", slots, address=client.scheduler.address)
+        with _stopping(backend):
+            yield backend
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+Outcome = Callable[[Hashable, Any, str | None], None]
+
+
+def run_tasks(backend: Backend, fn: Callable[..., Any], tasks: Iterable[tuple[Hashable, tuple]],
+              on_done: Outcome, *, window: int | None = None) -> None:
+    """Run `fn(*args)` for each (key, args) and call `on_done(key, result, error)` as each finishes.
+
+    At most `window` tasks (default: twice the backend's slots) are in flight, so an interruption
+    loses at most those. An exception in a task becomes its error message; a dead worker process
+    breaks a local pool: the pool is restarted and the tasks in flight are retried, each at most
+    MAX_ATTEMPTS times before they are reported as errors. On KeyboardInterrupt the tasks in flight
+    are abandoned and the interrupt propagates.
+    """
+    # A queue of one extra task per slot keeps pool workers busy; in-process there is nothing to queue.
+    window = window or (1 if isinstance(backend.executor, InProcessExecutor) else 2 * backend.slots)
+    queue = iter(tasks)
+    flight: dict[Future, tuple[Hashable, tuple, int]] = {}
+    retry: list[tuple[Hashable, tuple, int]] = []
+
+    def fill() -> None:
+        while len(flight) < window:
+            if retry:
+                key, args, attempt = retry.pop(0)
+            else:
+                nxt = next(queue, None)
+                if nxt is None:
+                    return
+                (key, args), attempt = nxt, 1
+            flight[backend.executor.submit(fn, *args)] = (key, args, attempt)
+
+    fill()
+    while flight:
+        finished, _ = wait(list(flight), return_when=FIRST_COMPLETED)
+        broken = False
+        for fut in sorted(finished, key=lambda f: str(flight[f][0])):
+            key, args, attempt = flight.pop(fut)
+            try:
+                result = fut.result()
+            except BrokenExecutor as exc:
+                broken = True
+                if attempt < MAX_ATTEMPTS and backend.restart is not None:
+                    retry.append((key, args, attempt + 1))
+                else:
+                    on_done(key, None, f"worker process died ({type(exc).__name__}) in {attempt} attempt(s)")
+                continue
+            except Exception as exc:  # noqa: BLE001 - a failing task is recorded and the sweep goes on
+                on_done(key, None, _message(exc))
+                continue
+            on_done(key, result, None)
+        if broken and backend.restart is not None:
+            for fut, item in list(flight.items()):  # the pool is gone: everything in flight reruns
+                retry.append(item)
+                flight.pop(fut)
+            backend.stop(abandon=True)
+            backend.executor = backend.restart()
+        fill()
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
