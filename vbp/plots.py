@@ -291,11 +291,11 @@ def plot_bid_gate(bids: pd.DataFrame, gates: Mapping[str, float], ax: Axes | Non
     ax.set_ylim(0.9, max(2.5, top * 1.2))
     marks = {1.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, *ratios} | ({2.0} if not ratios else set())
     ticks = sorted(t for t in marks if t <= max(2.5, top * 1.2))
-    ax.set_yticks(ticks, [f"{t:g}×" for t in ticks])
+    ax.set_yticks(ticks, [f"{t:.3g}×" for t in ticks])
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     anchor = "anchor" if anchor_factor else "lowest valid bid"
     ax.set_ylabel(f"bid / {anchor}")
-    gate_label = ("price gate " + ", ".join(f"{g:g}×" for g in ratios)) if ratios else "price gate"
+    gate_label = ("price gate " + ", ".join(f"{g:.3g}×" for g in ratios)) if ratios else "price gate"
     gate = Line2D([], [], color=style.PALETTE["vermillion"], lw=1.4, label=gate_label)
     ax.legend(handles=_bid_legend([gate] if ratios else None), loc="lower center",
               bbox_to_anchor=(0.5, 1.0), ncol=3)

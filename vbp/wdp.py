@@ -259,11 +259,13 @@ def build_allocation_model(problem: AllocationProblem) -> tuple[pulp.LpProblem, 
     for i in range(k):
         model += pulp.lpSum(x[i, p] for p in range(n_prov)) >= 1, f"winner_supplies_{i}"
 
-    # sum_p demand[p] * x[i,p] <= capacity[i]; rows for infinite capacity are omitted
+    # sum_p demand[p] * x[i,p] <= capacity[i]; rows for infinite capacity are omitted; in shares
+    # of total demand for numerics (volumes reach 1e9 units)
+    total = max(float(problem.demand.sum()), 1e-300)
     for i in range(k):
         if np.isfinite(problem.capacity[i]):
-            model += (pulp.lpSum(float(problem.demand[p]) * x[i, p] for p in range(n_prov))
-                      <= float(problem.capacity[i]), f"capacity_{i}")
+            model += (pulp.lpSum(float(problem.demand[p] / total) * x[i, p] for p in range(n_prov))
+                      <= float(problem.capacity[i] / total), f"capacity_{i}")
     return model, x
 
 
@@ -439,11 +441,14 @@ def build_planner_model(problem: PlannerProblem) -> tuple[pulp.LpProblem, dict, 
     model += pulp.lpSum(y.values()) <= problem.max_winners, "max_winners"
     model += pulp.lpSum(y.values()) >= problem.min_suppliers, "min_suppliers"
 
-    # sum_p demand[p] x[i,p] <= min(capacity[i], max_share * total demand) * y[i]
+    # sum_p demand[p] x[i,p] <= min(capacity[i], max_share * total demand) * y[i], written in shares
+    # of total demand (volumes reach 1e9 units; a bound equal to the total would otherwise fail on
+    # rounding) with the same relative slack the solution check allows
+    total = max(float(problem.demand.sum()), 1e-300)
     for i in bidders:
         if np.isfinite(bound[i]):
-            model += (pulp.lpSum(float(problem.demand[p]) * x[i, p] for p in range(n_prov))
-                      <= float(bound[i]) * y[i], f"capacity_share_{i}")
+            model += (pulp.lpSum(float(problem.demand[p] / total) * x[i, p] for p in range(n_prov))
+                      <= float(bound[i] / total) * (1.0 + _CAP_RTOL) * y[i], f"capacity_share_{i}")
     return model, y, x
 
 
