@@ -304,3 +304,19 @@ def test_command_reference_is_current():
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
     assert doc.read_text(encoding="utf-8") == render(), "regenerate: python -m vbp.clidoc > docs/cli.md"
+
+
+def test_uncalibrated_flag_uses_the_priors():
+    from vbp.scenario import calibrated_parameters, load_scenario
+
+    if "agents.cost_median_stent" not in calibrated_parameters():
+        pytest.skip("no calibration of the stent cost")
+    prior = load_scenario("national-history", calibrated=False).agents.cost_median_stent
+    fitted = load_scenario("national-history").agents.cost_median_stent
+    assert prior != fitted
+    a = CliRunner().invoke(cli, ["reproduce", "-n", "1", "--workers", "1", "--json", "--uncalibrated",
+                                 "--set", "agents.strategy=cost_plus"])
+    b = CliRunner().invoke(cli, ["reproduce", "-n", "1", "--workers", "1", "--json",
+                                 "--set", "agents.strategy=cost_plus"])
+    assert a.exit_code == 0 and b.exit_code == 0
+    assert json.loads(a.stdout)["scenario_sha256"] != json.loads(b.stdout)["scenario_sha256"]

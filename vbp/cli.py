@@ -55,6 +55,8 @@ def cli(debug: bool) -> None:
 def _common(f):
     """Options shared by the commands that simulate."""
     f = click.option("--quiet", is_flag=True, help="No progress bar.")(f)
+    f = click.option("--uncalibrated", is_flag=True,
+                     help="Use the prior parameter values, not seeds/calibration.toml.")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(f)
     f = click.option("--out", type=click.Path(file_okay=False), help="Write tables and a manifest here.")(f)
     f = click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
@@ -90,10 +92,10 @@ def _stderr_console():
     return Console(stderr=True)
 
 
-def _simulate(scenario_ref, overrides, replications, seed, workers, quiet):
+def _simulate(scenario_ref, overrides, replications, seed, workers, quiet, uncalibrated=False):
     from vbp.experiment import run
 
-    scenario = load_scenario(scenario_ref, overrides)
+    scenario = load_scenario(scenario_ref, overrides, calibrated=not uncalibrated)
     bar, update = _progress(quiet)
     if bar:
         with bar:
@@ -233,26 +235,26 @@ def _report(result, as_json: bool, out: str | None, kind: str) -> None:
 
 @cli.command()
 @_common
-def reproduce(replications, seed, workers, overrides, out, as_json, quiet):
+def reproduce(replications, seed, workers, overrides, out, as_json, quiet, uncalibrated):
     """Simulate the national history and set it beside the published outcomes."""
     if out:
         from vbp.output import prepare_out_dir
 
         prepare_out_dir(out)
-    result = _simulate(HEADLINE, overrides, replications, seed, workers, quiet)
+    result = _simulate(HEADLINE, overrides, replications, seed, workers, quiet, uncalibrated)
     _report(result, as_json, out, "reproduce")
 
 
 @cli.command(name="run")
 @click.argument("scenario")
 @_common
-def run_cmd(scenario, replications, seed, workers, overrides, out, as_json, quiet):
+def run_cmd(scenario, replications, seed, workers, overrides, out, as_json, quiet, uncalibrated):
     """Simulate SCENARIO (an embedded name or a TOML file)."""
     if out:
         from vbp.output import prepare_out_dir
 
         prepare_out_dir(out)
-    result = _simulate(scenario, overrides, replications, seed, workers, quiet)
+    result = _simulate(scenario, overrides, replications, seed, workers, quiet, uncalibrated)
     _report(result, as_json, out, "run")
 
 

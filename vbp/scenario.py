@@ -466,9 +466,10 @@ def _allowed_keys(loc: list) -> list[str]:
     return list(Scenario.model_fields)
 
 
-def load_scenario(ref: str | Path, overrides: Sequence[str] = ()) -> Scenario:
-    """Load an embedded scenario by name, or a TOML file by path, with `--set` overrides."""
-    raw, file = load_raw(ref)
+def load_scenario(ref: str | Path, overrides: Sequence[str] = (), *, calibrated: bool = True) -> Scenario:
+    """Load an embedded scenario by name, or a TOML file by path, with `--set` overrides
+    (and the calibrated parameters unless `calibrated` is False: the uncalibrated priors)."""
+    raw, file = load_raw(ref, calibrated=calibrated)
     raw = apply_overrides(raw, [parse_override(o) for o in overrides])
     return scenario_from_raw(raw, file)
 
