@@ -28,9 +28,9 @@ def frames(tiny):
 
 def test_timeline_order(frames):
     ev = frames["events"]
-    for rep, g in ev.groupby("rep"):
+    for _rep, g in ev.groupby("rep"):
         assert list(g["day"]) == sorted(g["day"]), "events are logged in clock order"
-        for rid, r in g[g["round"] != ""].groupby("round"):
+        for _rid, r in g[g["round"] != ""].groupby("round"):
             kinds = list(r["kind"])
             assert kinds[:4] == ["announce", "bids_open", "award", "supply_start"], kinds
             days = dict(zip(r["kind"], r["day"]))

@@ -1,8 +1,8 @@
 """Figures: every kind drawn from small real results (Agg backend), plot functions, `vbp plot`.
 
-The Agg backend is set in conftest.py. Run folders come from `vbp run tests/data/tiny.toml` (cost_plus, two replications); sweep folders
-are synthetic tables in the contract `vbp sweep` writes (results.csv, sobol.csv,
-counterfactual.csv, manifest.json).
+The Agg backend is set in conftest.py. Run folders come from `vbp run tests/data/tiny.toml`
+(cost_plus, two replications); sweep folders are synthetic tables in the contract `vbp sweep`
+writes (results.csv, sobol.csv, counterfactual.csv, manifest.json).
 """
 
 from __future__ import annotations

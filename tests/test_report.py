@@ -114,7 +114,8 @@ def test_sweep_report(tmp_path):
     text = (tmp_path / "s.html").read_text(encoding="utf-8")
     assert_self_contained(text)
     for words in ("6 design points, 19 tasks, 1 failed", "Failed tasks", "solver failed",
-                  "Sobol indices", "0.600 ± 0.050", "Counterfactuals", "single_winner", "45.1%", "+4.1 pts", "+15.8 bn"):
+                  "Sobol indices", "0.600 ± 0.050", "Counterfactuals", "single_winner", "45.1%", "+4.1 pts",
+                  "+15.8 bn"):
         assert words in text, words
     assert len(images(text)) == 5
 

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vbp.wdp import (
+    MIP_REL_GAP,
     Allocation,
     AllocationError,
-    MIP_REL_GAP,
     AllocationProblem,
     PlannerProblem,
     allocate,

@@ -26,7 +26,8 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,7 @@ from scipy.optimize import minimize
 from scipy.stats import qmc
 
 from vbp import metrics
+from vbp.errors import SimulationError
 from vbp.model import run_replication
 from vbp.records import to_frames
 from vbp.scenario import Scenario, apply_overrides, load_raw, scenario_from_raw
@@ -306,14 +308,16 @@ def _run_tasks(tasks: list, workers: int, progress) -> list[dict]:
                 progress(i + 1, len(tasks))
         return out
     out = [None] * len(tasks)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(_evaluate, t): i for i, t in enumerate(tasks)}
-        from concurrent.futures import as_completed
-
-        for done, fut in enumerate(as_completed(futures), start=1):
-            out[futures[fut]] = fut.result()
-            if progress:
-                progress(done, len(tasks))
+    try:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_evaluate, t): i for i, t in enumerate(tasks)}
+            for done, fut in enumerate(as_completed(futures), start=1):
+                out[futures[fut]] = fut.result()
+                if progress:
+                    progress(done, len(tasks))
+    except BrokenProcessPool:
+        raise SimulationError("a calibration worker process died (killed, out of memory, or a crash in "
+                              "native code); rerun `vbp calibrate`: finished design points are cached") from None
     return out
 
 

@@ -10,10 +10,12 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import pandas as pd
 
+from vbp.errors import SimulationError
 from vbp.model import run_replication
 from vbp.records import to_frames
 from vbp.scenario import Scenario
@@ -63,11 +65,20 @@ def run(scenario: Scenario, *, replications: int = 10, seed: int = 0, workers: i
             if progress:
                 progress(i + 1, replications)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for i, part in enumerate(pool.map(_one, tasks, chunksize=max(1, replications // (8 * workers)))):
-                parts.append(part)
-                if progress:
-                    progress(i + 1, replications)
+        try:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                chunk = max(1, replications // (8 * workers))
+                for i, part in enumerate(pool.map(_one, tasks, chunksize=chunk)):
+                    parts.append(part)
+                    if progress:
+                        progress(i + 1, replications)
+        except BrokenProcessPool:
+            # a worker ended without reporting (killed, out of memory, crash in native code): its
+            # own error, if any, is lost, so say how to see it rather than show the pool's traceback
+            raise SimulationError(
+                f"a worker process died after {len(parts)} of {replications} replications "
+                "(killed, out of memory, or a crash in native code); rerun, or use --workers 1 "
+                "to see the error") from None
     parts.sort(key=lambda p: p[0])
     frames = {name: pd.concat([p[1][name] for p in parts], ignore_index=True) for name in parts[0][1]}
     return RunResult(scenario=scenario, seed=seed, replications=replications, frames=frames,

@@ -233,7 +233,7 @@ def _joint_units(rnd, agents, market, pool, rng) -> list[Unit]:
     firms = _pick_firms(pool, n_firms, np.array([n_firms]), True, rng)[0]
     dist = cost_distribution(agents, "joint")
     units = []
-    for c, (cat, share, ref_yuan) in enumerate(JOINT_CATEGORIES[: rnd.molecules]):
+    for cat, share, ref_yuan in JOINT_CATEGORIES[: rnd.molecules]:
         volume = (HIP_SYSTEMS if cat.startswith("hip") else KNEE_SYSTEMS) * share
         member = firms[rng.random(n_firms) < market.joint_participation]
         if len(member) == 0:

@@ -281,8 +281,10 @@ class Simulation:
         try:
             alloc = wdp.allocate(problem, method=opt.method, time_limit=opt.time_limit)
         except wdp.AllocationError as exc:
-            raise SimulationError(f"{exc}; the rulebook's winners cannot cover the agreed volume within "
-                                  "their capacities (raise agents.capacity_low or check the round)") from None
+            hint = ("the rulebook's winners cannot cover the agreed volume within their capacities "
+                    "(raise agents.capacity_low or check the round)" if "nfeasible" in str(exc)
+                    else "raise optimizer.time_limit")
+            raise SimulationError(f"{exc}; {hint}") from None
         self.solve_s += alloc.solve_s
         provinces_won = np.zeros(u.n, dtype=int)
         provinces_won[won] = np.bincount(alloc.supplier, minlength=len(won))

@@ -421,7 +421,10 @@ def plot_heatmap(results: pd.DataFrame, x: str, y: str, metric: str, ax: Axes | 
     scale = 100 if unit == "pct" else 1
     span = scale * (np.nanmax(z) - np.nanmin(z)) if np.isfinite(z).any() else 0.0
     digits = 0 if span >= 5 else 1 if span >= 0.5 else 2
-    fmt = (lambda v: f"{scale * v:,.{digits}f}" + ("%" if unit == "pct" else ""))
+
+    def fmt(v: float) -> str:
+        return f"{scale * v:,.{digits}f}" + ("%" if unit == "pct" else "")
+
     cbar = ax.figure.colorbar(mesh, ax=ax, pad=0.02)
     cbar.set_label(style.metric_label(metric), fontsize=style.FONT_PT)
     cbar.ax.tick_params(labelsize=style.SMALL_PT)

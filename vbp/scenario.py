@@ -93,10 +93,12 @@ class AgentParams(_Frozen):
     equilibrium_iterations: int = Field(30, ge=1, le=500, description="equilibrium solver iterations")
     equilibrium_samples: int = Field(256, ge=16, le=8192, description="rival cost profiles in the equilibrium solver")
     originator_bid_prob: float = Field(0.4, ge=0, le=1, description="chance the originator bids for a molecule")
-    originator_premium: float = Field(0.3, ge=0, le=5, description="originator's forgone brand margin / reference price")
+    originator_premium: float = Field(0.3, ge=0, le=5,
+                                      description="originator's forgone brand margin / reference price")
     capacity_low: float = Field(0.8, gt=0, description="lowest annual capacity / the unit's reported demand")
     capacity_high: float = Field(2.5, gt=0, description="highest annual capacity / the unit's reported demand")
-    products_per_firm: float = Field(1.65, ge=1, le=20, description="products per bidding firm where products are unknown")
+    products_per_firm: float = Field(1.65, ge=1, le=20,
+                                     description="products per bidding firm where products are unknown")
     firm_pool: int = Field(800, ge=10, le=100000, description="manufacturers in the national pool")
 
     @field_validator("strategy")
@@ -120,7 +122,8 @@ class MarketParams(_Frozen):
 
     completion_ratio: float = Field(1.914, gt=0, le=10, description="actual / agreed volume of winners (pilot: 191.4%)")
     molecule_value_sigma: float = Field(1.0, ge=0, le=5, description="log-sd of molecule market values within a round")
-    bidders_dispersion: float = Field(2.0, gt=0, le=100, description="gamma shape of bidders per molecule (lower = more uneven)")
+    bidders_dispersion: float = Field(2.0, gt=0, le=100,
+                                      description="gamma shape of bidders per molecule (lower = more uneven)")
     ref_price_median_yuan: float = Field(1.5, gt=0, description="median reference price per unit, drugs, yuan")
     ref_price_sigma: float = Field(1.2, ge=0, le=5, description="log-sd of drug reference prices")
     product_price_sigma: float = Field(0.25, ge=0, le=3, description="log-sd of product reference prices, devices")
@@ -140,14 +143,18 @@ class RuleOverrides(_Frozen):
     gate_ratio: float | None = Field(None, gt=0, le=100, description="price gate multiple of the lowest bid")
     safe_harbour: bool | None = Field(None, description="keep the 50%-below-ceiling route (false removes it)")
     max_winners_cap: int | None = Field(None, ge=1, le=100, description="cap on winners per molecule")
-    anchor_mean_factor: float | None = Field(None, gt=0, le=10, description="gate anchor = max(lowest, factor x mean valid bid) (batch 11: 0.5)")
+    anchor_mean_factor: float | None = Field(
+        None, gt=0, le=10, description="gate anchor = max(lowest, factor x mean valid bid) (batch 11: 0.5)")
 
 
 class OptimizerParams(_Frozen):
     """Province allocation: exact fast path or MILP, and planner mode settings."""
 
-    mode: Literal["rules", "planner"] = Field("rules", description="rules: winners by rulebook; planner: MILP picks winners")
-    method: Literal["auto", "milp", "draft"] = Field("auto", description="auto: exact fast path, MILP when needed; milp: always; draft: no optimizer, winners pick provinces in price order")
+    mode: Literal["rules", "planner"] = Field(
+        "rules", description="rules: winners by rulebook; planner: MILP picks winners")
+    method: Literal["auto", "milp", "draft"] = Field(
+        "auto", description="auto: exact fast path, MILP when needed; milp: always; "
+                            "draft: no optimizer, winners pick provinces in price order")
     time_limit: float = Field(10.0, gt=0, le=3600, description="solver time limit per model, s")
     min_suppliers: int = Field(1, ge=1, le=31, description="planner: minimum winners per molecule")
     max_share: float = Field(1.0, gt=0, le=1, description="planner: maximum national share of one winner")
@@ -434,24 +441,11 @@ def scenario_from_raw(raw: dict, file: str) -> Scenario:
             path = ".".join(str(p) for p in loc) or "(scenario)"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                parent = _lookup(raw, loc[:-1])
-                allowed = _allowed_keys(loc)
-                msg = f"unknown key{did_you_mean(str(loc[-1]), allowed)}"
-                del parent
+                msg = f"unknown key{did_you_mean(str(loc[-1]), _allowed_keys(loc))}"
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
             problems.append(f"{path}: {msg}{shown}")
         raise InputError(f"{len(problems)} problem(s) in the scenario", file=file, problems=problems) from None
-
-
-def _lookup(raw: dict, loc: list) -> Any:
-    node: Any = raw
-    for part in loc:
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return node
 
 
 def _allowed_keys(loc: list) -> list[str]:

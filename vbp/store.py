@@ -126,7 +126,7 @@ class Store:
                 "finished_at = excluded.finished_at WHERE tasks.status != 'ok'",
                 (int(row.point), int(row.rep), int(row.seed), row.status, row.error, _encode(row.metrics),
                  None if row.wall_s is None else float(row.wall_s),
-                 dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
+                 dt.datetime.now(dt.UTC).isoformat(timespec="seconds")))
             return cur.rowcount == 1
 
     def done(self) -> set[tuple[int, int]]:
