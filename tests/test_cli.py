@@ -320,3 +320,16 @@ def test_uncalibrated_flag_uses_the_priors():
                                  "--set", "agents.strategy=cost_plus"])
     assert a.exit_code == 0 and b.exit_code == 0
     assert json.loads(a.stdout)["scenario_sha256"] != json.loads(b.stdout)["scenario_sha256"]
+
+
+def test_output_reference_is_current_and_complete():
+    """docs/outputs.md is generated from vbp/records.py (python -m vbp.clidoc outputs), every
+    column documented."""
+    from pathlib import Path
+
+    from vbp.clidoc import render_outputs
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "outputs.md"
+    text = render_outputs()
+    assert doc.read_text(encoding="utf-8") == text, "regenerate: python -m vbp.clidoc outputs > docs/outputs.md"
+    assert "|  |" not in text, "a column has no meaning in vbp/records.py"

@@ -1,15 +1,21 @@
-"""Render the command reference (docs/cli.md) from the click objects, so it is never retyped.
+"""Render reference pages from the code, so they are never retyped.
 
-`python -m vbp.clidoc > docs/cli.md` regenerates it; a test checks the file is current.
+`python -m vbp.clidoc > docs/cli.md` regenerates the command reference (from the click objects);
+`python -m vbp.clidoc outputs > docs/outputs.md` the output tables' columns (from vbp/records.py
+and vbp/metrics.py). Tests check both files are current.
 """
 
 from __future__ import annotations
+
+import inspect
+import re
+import sys
 
 import click
 
 from vbp.cli import cli
 
-__all__ = ["render"]
+__all__ = ["render", "render_outputs"]
 
 
 def _walk(cmd: click.Command, path: list[str], parent: click.Context | None = None):
@@ -43,5 +49,44 @@ def render() -> str:
     return "\n".join(lines)
 
 
+def _fields(cls) -> list[tuple[str, str, str]]:
+    """(name, type, comment) of a NamedTuple's fields, read from its source."""
+    rows = []
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): ([\w\[\], |]+?)\s*(?:#\s*(.*))?$", line)
+        if m and m.group(1) in cls._fields:
+            rows.append((m.group(1), m.group(2), m.group(3) or ""))
+    return rows
+
+
+def render_outputs() -> str:
+    """Markdown reference of the tables a run writes with --out."""
+    from vbp import metrics, records
+
+    lines = ["# Output tables", "",
+             "Generated from `vbp/records.py` and `vbp/metrics.py` by `python -m vbp.clidoc outputs`; "
+             "do not edit by hand. `vbp reproduce`, `vbp run` and `vbp forecast` with `--out DIR` write these "
+             "tables (Parquet for records, CSV for summaries) plus `summary.json`, `scenario.toml` and "
+             "`manifest.json` (scenario sha256, seed, replications, library versions, command). Sweep "
+             "folders are described in [sweeps.md](sweeps.md).", ""]
+    for name, cls, doc in (("bids.parquet", records.BidRow, "one row per bid (product) in every unit"),
+                           ("units.parquet", records.UnitRow, "one row per molecule or device unit"),
+                           ("deliveries.parquet", records.DeliveryRow, "one row per round and month of supply"),
+                           ("events.parquet", records.EventRow, "the SimPy timeline, one row per event")):
+        lines += [f"## `{name}`", "", doc[0].upper() + doc[1:] + ".", "", "| column | type | meaning |",
+                  "|---|---|---|"]
+        lines += [f"| `{f}` | {t} | {c} |" for f, t, c in _fields(cls)]
+        lines.append("")
+    lines += ["## `round_metrics.csv`", "", "One row per replication and round.", "",
+              "| column | meaning |", "|---|---|"]
+    lines += [f"| `{k}` | {v} |" for k, v in metrics.ROUND_METRIC_COLUMNS.items()]
+    lines += ["", "## `headline.csv`, `savings_path.csv`, `targets.csv`", "",
+              "`headline.csv`: one row per replication, one column per headline target the run allows "
+              "(`drug_avg_cut`, `joint_avg_cut`, `stent_avg_cut` as shares; `cumulative_savings_2021_bn` in "
+              "CNY bn). `savings_path.csv`: `rep`, `month`, `savings_bn` (cumulative realised savings). "
+              "`targets.csv`: published value, simulated mean, 95% interval, tolerance and `ok` per target.", ""]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(render(), end="")
+    print(render_outputs() if sys.argv[1:] == ["outputs"] else render(), end="")

@@ -23,8 +23,26 @@ from vbp import data
 
 __all__ = [
     "round_metrics", "headline_metrics", "cumulative_savings", "savings_path", "summarize",
-    "Target", "targets", "compare", "round_targets", "savings_checkpoints",
+    "Target", "targets", "compare", "round_targets", "savings_checkpoints", "ROUND_METRIC_COLUMNS",
 ]
+
+
+ROUND_METRIC_COLUMNS = {
+    "rep": "replication number",
+    "round": "round id",
+    "avg_cut": "mean over procured units of the unit's cut (share in [0, 1])",
+    "max_cut": "largest cut of any winning product (share)",
+    "units": "molecules or device units listed",
+    "procured": "units with at least one winner",
+    "winning_products": "winning products (bids)",
+    "annual_savings_bn": "official-style annual savings: (reference - price) x agreed first-year volume, CNY bn",
+    "agreed_value_bn": "agreed first-year volume at reference prices, CNY bn",
+    "bidding_products": "valid and invalid bids submitted (products)",
+    "bidding_firms": "distinct firms that bid",
+    "winning_firms": "distinct firms with at least one winning product",
+    "winner_share": "winning firms / bidding firms",
+    "winners_per_unit": "winning products per procured unit",
+}
 
 
 def round_metrics(units: pd.DataFrame, bids: pd.DataFrame) -> pd.DataFrame:

@@ -16,47 +16,47 @@ __all__ = ["BidRow", "UnitRow", "DeliveryRow", "EventRow", "Replication", "to_fr
 
 
 class BidRow(NamedTuple):
-    rep: int
-    round: str
-    unit: int
-    label: str
-    bidder: int
-    firm: int
-    originator: bool
-    cost: float  # yuan per unit
+    rep: int  # replication number
+    round: str  # round id
+    unit: int  # molecule or device unit index within the round
+    label: str  # "round/unit", e.g. batch3/m07
+    bidder: int  # bidder index within the unit
+    firm: int  # manufacturer id in the replication's firm pool
+    originator: bool  # the originator (brand) product of the molecule
+    cost: float  # unit cost, yuan per unit
     reserve: float  # lowest acceptable price, yuan per unit
     bid: float  # yuan per unit; nan = no bid
-    ceiling: float  # yuan per unit
+    ceiling: float  # maximum valid declared price, yuan per unit
     ref_price: float  # pre-VBP price of the product, yuan per unit
-    won: bool
+    won: bool  # the bid won
     price: float  # award price, yuan per unit; nan for losers
     agreed_units: float  # first-year agreed volume
     provinces_won: int  # provinces where this winner is the primary supplier (drugs)
 
 
 class UnitRow(NamedTuple):
-    rep: int
-    round: str
-    unit: int
-    label: str
-    n_bidders: int
-    n_valid: int
-    n_winners: int
-    procured: bool
+    rep: int  # replication number
+    round: str  # round id
+    unit: int  # unit index within the round
+    label: str  # "round/unit"
+    n_bidders: int  # products that could bid
+    n_valid: int  # valid bids (the rulebook's qualified bidders N)
+    n_winners: int  # winning products
+    procured: bool  # at least one winner
     status: str  # "awarded", "no valid bids", "negotiation failed", ...
     cut: float  # mean over winners of 1 - price / reference price; nan if not procured
-    max_cut: float
-    agreed_units: float
+    max_cut: float  # largest cut among winners; nan if not procured
+    agreed_units: float  # first-year agreed volume of all winners, units
     agreed_value_ref: float  # agreed volume at reference prices, yuan
     annual_savings: float  # official-style: (reference - price) x agreed first-year volume, yuan
-    contract_years: int
+    contract_years: int  # contract term by the rulebook (or the round's override)
     method: str  # allocation method: trivial | assignment | milp | planner | brand | none
     objective: float  # allocation cost, yuan
 
 
 class DeliveryRow(NamedTuple):
-    rep: int
-    round: str
+    rep: int  # replication number
+    round: str  # round id
     month: str  # ISO date of the month's first day
     units: float  # winners' purchases in the month
     spend: float  # at award prices, yuan
@@ -66,11 +66,11 @@ class DeliveryRow(NamedTuple):
 
 
 class EventRow(NamedTuple):
-    rep: int
-    day: float
+    rep: int  # replication number
+    day: float  # simulation clock, days from the scenario start
     kind: str  # announce | bids_open | award | supply_start | expiry | renewal | end
-    round: str
-    detail: str
+    round: str  # round id ("" for the end of the run)
+    detail: str  # e.g. "93 products", "27 of 31 procured"
 
 
 @dataclass
