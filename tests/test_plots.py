@@ -37,13 +37,6 @@ def ok(result) -> None:
     assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
 
 
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "R"
-    ok(invoke("run", TINY, "-n", "2", "--workers", "1", "--quiet", "--out", str(out)))
-    return out
-
-
 def write_sweep(folder: Path, *, sobol: bool = True, counterfactual: bool = True, reps: int = 3,
                 failed: bool = True) -> Path:
     """A small synthetic sweep folder: a 3 x 2 grid over two parameters with known responses."""

@@ -11,29 +11,12 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from test_plots import TINY, write_sweep
+from test_plots import invoke, ok, write_sweep
 
 from vbp import report
-from vbp.cli import cli
 
 FORECAST = str(Path(__file__).parent.parent / "experiments" / "forecasts" / "batch10.toml")
 IMG = re.compile(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
-def ok(result) -> None:
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rep") / "R"
-    ok(invoke("run", TINY, "-n", "2", "--workers", "1", "--quiet", "--out", str(out)))
-    return out
 
 
 @pytest.fixture(scope="module")
