@@ -90,9 +90,9 @@ class ContractBook:
     term_months: np.ndarray  # (U,)
     extend: bool
 
-    def expiring(self, month: int) -> list[int]:
-        n = int((self.term_months == month).sum()) if month > 0 else 0
-        return [n] if n else []
+    def expiring(self, month: int) -> int:
+        """Units whose contract term ends at the start of this month of supply."""
+        return int((self.term_months == month).sum()) if month > 0 else 0
 
     def active(self, month: int) -> np.ndarray:
         return np.ones_like(self.term_months, dtype=bool) if self.extend else self.term_months > month

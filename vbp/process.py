@@ -49,9 +49,10 @@ def contract(env: simpy.Environment, sim: Simulation, rnd, awarded):
     book = sim.contract_book(rnd, awarded)
     month = 0
     while env.now < sim.horizon:
-        for term in book.expiring(month):
+        ending = book.expiring(month)
+        if ending:
             kind = "renewal" if sim.scenario.market.renewal == "extend" else "expiry"
-            sim.log(env.now, kind, rnd.id, f"{term} unit(s) reached the end of their term")
+            sim.log(env.now, kind, rnd.id, f"{ending} unit(s) reached the end of their term")
         sim.deliver(rnd, book, month, env.now)
         next_day = sim.next_month_day(env.now)
         yield env.timeout(next_day - env.now)
