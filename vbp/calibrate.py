@@ -352,6 +352,7 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
             "command": command,
             "date": doc["meta"]["date"],
             "parameters": {k: v for k, v in params.items() if k in f.params},
+            "why": {p.path: p.why for g in GROUPS if g.name == f.group for p in g.params},
             "objective": round(f.objective, 4),
             "objective_surrogate": round(f.objective_surrogate, 4),
             "design_points": int(len(f.design_u)),

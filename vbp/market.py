@@ -32,14 +32,11 @@ from vbp.scenario import AgentParams, MarketParams, Round
 from vbp.strategies import CostDistribution
 
 __all__ = ["Unit", "FirmPool", "make_firm_pool", "generate_units", "cost_distribution",
-           "JOINT_CATEGORIES"]
+           "JOINT_INTENDED_SHARE"]
 
-# Hip bearings and knee; hip volume split across bearings is not published (equal thirds, L).
-JOINT_CATEGORIES = (("hip ceramic-ceramic", 1 / 3, 35000.0), ("hip ceramic-PE", 1 / 3, 35000.0),
-                    ("hip alloy-PE", 1 / 3, 35000.0), ("knee", 1.0, 32000.0))
-# Intended first-year volumes are 90% of hospitals' reported demand [A3,A4] (H); units hold the
+# Joint intended volumes are 90% of hospitals' reported demand [A3,A4] (H); units hold the
 # reported demand, to which the rank-volume table applies.
-HIP_SYSTEMS, KNEE_SYSTEMS = 305542 / 0.9, 231976 / 0.9
+JOINT_INTENDED_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -233,8 +230,9 @@ def _joint_units(rnd, agents, market, pool, rng) -> list[Unit]:
     firms = _pick_firms(pool, n_firms, np.array([n_firms]), True, rng)[0]
     dist = cost_distribution(agents, "joint")
     units = []
-    for cat, share, ref_yuan in JOINT_CATEGORIES[: rnd.molecules]:
-        volume = (HIP_SYSTEMS if cat.startswith("hip") else KNEE_SYSTEMS) * share
+    for group in rnd.groups:
+        cat, ref_yuan = group.name, group.reference_price_yuan
+        volume = group.volume_units / JOINT_INTENDED_SHARE
         member = firms[rng.random(n_firms) < market.joint_participation]
         if len(member) == 0:
             member = firms[:1]

@@ -26,18 +26,25 @@ from vbp.errors import InputError, did_you_mean
 from vbp.rules import Rulebook
 
 __all__ = [
-    "Round", "AgentParams", "MarketParams", "RuleOverrides", "OptimizerParams", "Scenario",
+    "Round", "DeviceGroup", "AgentParams", "MarketParams", "RuleOverrides", "OptimizerParams", "Scenario",
     "load_scenario", "resolve_raw", "apply_overrides", "parse_override", "read_toml_file",
     "scenario_from_raw", "flatten", "describe", "calibrated_parameters", "MAX_FILE_BYTES",
 ]
 
 MAX_FILE_BYTES = 1_000_000
 MAX_DEPTH = 12
-CATEGORIES = ("drug", "insulin", "stent", "joint")
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class DeviceGroup(_Frozen):
+    """A product category of a device round (e.g. a hip bearing), tendered as its own units."""
+
+    name: str
+    volume_units: float = Field(gt=0, description="intended first-year volume, units")
+    reference_price_yuan: float = Field(gt=0, description="pre-VBP price, yuan per unit")
 
 
 class Round(_Frozen):
@@ -60,6 +67,13 @@ class Round(_Frozen):
     reference_price_yuan: float | None = Field(default=None, gt=0, description="device reference price, yuan/unit")
     volume_units: float | None = Field(default=None, gt=0, description="device first-year volume, units")
     contract_years: int | None = Field(default=None, ge=1, le=10, description="term override, years")
+    groups: tuple[DeviceGroup, ...] | None = Field(default=None, description="device categories (joints)")
+
+    @model_validator(mode="after")
+    def _joint_groups(self):
+        if self.category == "joint" and not self.groups:
+            raise ValueError(f"round {self.id!r}: a joint round needs its product categories in `groups`")
+        return self
 
     @field_validator("provinces")
     @classmethod
@@ -386,7 +400,8 @@ def calibrated_parameters() -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'a.b.c=VALUE' -> ('a.b.c', value); VALUE is read as TOML (numbers, booleans, lists), else text."""
+    """'a.b.c=VALUE' -> ('a.b.c', value); VALUE is read as TOML (numbers, booleans, lists), or JSON
+    (lists and tables), else as text."""
     if "=" not in text:
         raise InputError(f"expected PATH=VALUE, got {text!r}", field="--set", value=text)
     path, _, value = text.partition("=")
@@ -396,7 +411,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
-        parsed = value
+        try:  # JSON too, so the defaults `vbp params --json` prints can be passed back
+            parsed = json.loads(value) if value[:1] in "[{" else value
+        except ValueError:
+            parsed = value
     if isinstance(parsed, float) and not math.isfinite(parsed):
         raise InputError(f"value must be a finite number, got {value}", field=path, value=value)
     return path, parsed
