@@ -1,14 +1,16 @@
 """Sweeps on Dask: a cluster joined by address and one started with --local-cluster give the
-same results.csv as an in-process run."""
+same results.csv as an in-process run, also when a worker process dies mid-sweep."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from vbp import sweep as sw
 from vbp.cli import cli
 
 distributed = pytest.importorskip("distributed")
@@ -63,3 +65,25 @@ def test_local_cluster_gives_identical_results(spec, reference):
     assert (out / "results.csv").read_bytes() == reference
     executor = json.loads((out / "manifest.json").read_text())["executor"]
     assert executor["address"].startswith("tcp://127.0.0.1:")
+
+
+def test_a_lost_worker_is_replaced_and_the_results_are_identical(spec, reference, tmp_path):
+    marker = tmp_path / "killed"
+
+    def die_once(scenario, seed, rep):
+        """A sweep task whose worker process dies the first time replication 1 of any point runs."""
+        if rep == 1:
+            try:
+                with open(marker, "x") as fh:  # exactly one task, once: a retry finds the marker
+                    fh.write(str(os.getpid()))
+            except FileExistsError:
+                pass
+            else:
+                os._exit(1)
+        return sw.run_task(scenario, seed, rep)
+
+    out = tmp_path / "lost-worker"
+    result = sw.run_sweep(sw.load_spec(spec), out, workers=2, local_cluster=True, task=die_once)
+    assert int(marker.read_text()) != os.getpid(), "the task ran in this process, not on a Dask worker"
+    assert (result.done, result.failed, result.complete) == (6, 0, True)
+    assert (out / "results.csv").read_bytes() == reference

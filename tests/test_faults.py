@@ -1,24 +1,28 @@
 """Runtime faults in `vbp run` / `vbp reproduce`: each ends in one readable line and an exit code.
 
 A failed solve exits 1 naming the round, molecule and solver status; a worker process that dies
-exits 1 saying so; an output folder that cannot be written exits 2 before any simulation; Ctrl-C
-exits 130. None shows a traceback unless --debug is given.
+exits 1 saying so; an output folder that cannot be written exits 2 before any simulation; a disk
+that fills up mid-run exits 1 naming the file, keeps the replications saved so far, and `--resume`
+completes the work; Ctrl-C exits 130. None shows a traceback unless --debug is given.
 """
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 import vbp.experiment
-from vbp import wdp
+from vbp import output, wdp
 from vbp.cli import cli
 from vbp.errors import SimulationError
 from vbp.scenario import load_scenario
@@ -202,6 +206,95 @@ def test_read_only_out_stops_before_simulating(tmp_path, monkeypatch):
     finally:
         locked.chmod(0o700)
     assert list(locked.iterdir()) == []
+
+
+# --- a disk that fills up -------------------------------------------------------------------
+
+
+def fail_writes(monkeypatch, match: str, code: int) -> list[str]:
+    """Make Parquet writes whose (temporary) file name starts with `match` write a few bytes and
+    then fail with OSError(`code`), as a full disk does; return the names that failed."""
+    real = pd.DataFrame.to_parquet
+    failed: list[str] = []
+
+    def to_parquet(self, path, *args, **kwargs):
+        if Path(path).name.startswith(match):
+            failed.append(Path(path).name)
+            Path(path).write_bytes(b"PAR1 half a table")
+            raise OSError(code, os.strerror(code), str(path))
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", to_parquet)
+    return failed
+
+
+def _tables(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix in (".parquet", ".csv")}
+
+
+def _run(out: Path, *args: str):
+    return invoke("run", TINY, "-n", "6", "--seed", "2", "--quiet", "--out", str(out), *args)
+
+
+@pytest.fixture(scope="module")
+def six_reps(tmp_path_factory) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("clean") / "R"
+    assert _run(out, "--workers", "1").exit_code == 0
+    return _tables(out)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_disk_full_on_a_part_keeps_the_saved_ones_and_resume_completes(tmp_path, monkeypatch, six_reps, workers):
+    out = tmp_path / "R"
+    parts = out / output.PARTS
+    with monkeypatch.context() as m:
+        failed = fail_writes(m, ".r000002.", errno.ENOSPC)
+        result = _run(out, "--workers", workers)
+    assert failed, "the third replication was never written"
+    line = assert_one_line(result, 1, "simulation failed: cannot write ", f"{parts / 'r000002.'}",
+                           ": disk full; ", "rerun the same command with --resume to complete the work")
+    kept = output.load_parts(parts, 6)
+    count = int(re.search(r"; (\d) of 6 replications are saved in ", line).group(1))
+    assert count == len(kept) and 2 not in [rep for rep, _, _ in kept]
+    if workers == "1":  # in order: exactly the two before it
+        assert [rep for rep, _, _ in kept] == [0, 1]
+    assert all(len(frames["bids"]) > 0 for _, frames, _ in kept)  # complete, readable tables
+    assert not list(parts.glob(".*.tmp")), "a half-written file was left behind"
+    assert not list(parts.glob("r000002.*")), "a part of the failed replication looks saved"
+    assert not (out / "bids.parquet").exists()
+
+    result = _run(out, "--workers", workers, "--resume")
+    assert result.exit_code == 0, result.output
+    assert _tables(out) == six_reps
+
+
+def test_quota_exceeded_on_the_final_tables_resumes_without_simulating(tmp_path, monkeypatch, six_reps):
+    out = tmp_path / "R"
+    with monkeypatch.context() as m:
+        fail_writes(m, ".units.parquet.", errno.EDQUOT)  # the final table, not a part
+        result = _run(out, "--workers", "1", "--json")
+    assert_one_line(result, 1, f"cannot write {out / 'units.parquet'}: disk quota exceeded",
+                    f"all 6 replications are saved in {out / output.PARTS}", "--resume")
+    assert not list(out.glob(".*.tmp"))
+    monkeypatch.setattr(vbp.experiment, "_one", _must_not_simulate)
+    result = _run(out, "--workers", "1", "--resume")
+    assert result.exit_code == 0, result.output
+    assert _tables(out) == six_reps
+
+
+@pytest.mark.parametrize("code, reason", [(errno.ENOSPC, "disk full"), (errno.EDQUOT, "disk quota exceeded"),
+                                          (errno.EROFS, "read-only file system"),
+                                          (errno.EACCES, "permission denied"), (errno.EIO, os.strerror(errno.EIO))])
+def test_write_failures_are_named(tmp_path, code, reason):
+    error = output.write_failure(OSError(code, os.strerror(code)), tmp_path / "x.parquet", "hint")
+    assert str(error) == f"cannot write {tmp_path / 'x.parquet'}: {reason}; hint"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs the Linux /dev/full device")
+def test_a_real_full_device_reads_as_disk_full(tmp_path):
+    with pytest.raises(OSError) as info:  # the Parquet writer's own error on a full device
+        pd.DataFrame({"a": range(1000)}).to_parquet("/dev/full")
+    assert "disk full" in str(output.write_failure(info.value, tmp_path / "a.parquet"))
 
 
 # --- Ctrl-C ---------------------------------------------------------------------------------

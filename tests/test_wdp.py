@@ -293,6 +293,7 @@ def planner_problems(draw):
         min_suppliers=draw(st.integers(0, 3)),
         max_share=draw(st.sampled_from([1.0, 0.75, 0.5, 0.25])),
         label="random plan",
+        backup=draw(st.booleans()),
     )
 
 
@@ -300,8 +301,12 @@ def _planner_brute_force(problem: PlannerProblem) -> float | None:
     """Least cost over every allowed winner subset and every allocation among it."""
     best = None
     bidders = np.flatnonzero(problem.eligible)
+    total = problem.demand.sum()
     for size in range(max(problem.min_suppliers, 1), problem.max_winners + 1):
         for subset in itertools.combinations(bidders, size):
+            caps = np.minimum(problem.capacity[list(subset)], 1e3 * total)
+            if problem.backup and any(caps.sum() - c < total for c in caps):
+                continue  # some winner's failure would leave demand uncovered
             won = np.zeros(problem.bid.shape[0], dtype=bool)
             won[list(subset)] = True
             cost = _brute_force(problem.as_allocation(won))

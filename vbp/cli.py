@@ -58,7 +58,12 @@ def _common(f):
     f = click.option("--uncalibrated", is_flag=True,
                      help="Use the prior parameter values, not seeds/calibration.toml.")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(f)
-    f = click.option("--out", type=click.Path(file_okay=False), help="Write tables and a manifest here.")(f)
+    f = click.option("--resume", is_flag=True,
+                     help="Reuse the replications an interrupted run saved in --out (same scenario, --set, "
+                          "seed and version; refused otherwise) and run only the missing ones. Without it, "
+                          "a run starts afresh and discards the replications saved there.")(f)
+    f = click.option("--out", type=click.Path(file_okay=False),
+                     help="Write tables and a manifest here; each replication is saved as it finishes.")(f)
     f = click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
                      help="Override a scenario field by dotted path (repeatable); see `vbp params`.")(f)
     f = click.option("--workers", type=click.IntRange(1, 256), default=None,
@@ -92,15 +97,35 @@ def _stderr_console():
     return Console(stderr=True)
 
 
-def _simulate(scenario_ref, overrides, replications, seed, workers, quiet, uncalibrated=False):
+def _simulate(scenario_ref, overrides, replications, seed, workers, quiet, uncalibrated=False, *,
+              out=None, resume=False, kind="run"):
+    """Load the scenario and run it; with `out`, save each replication in out/.parts as it finishes
+    and, with `resume`, reuse the ones saved there (checked against the run's spec first)."""
+    from vbp import output
     from vbp.experiment import run
 
+    if resume and not out:
+        raise click.UsageError("--resume needs --out DIR: the folder whose saved replications to reuse")
+    if out:
+        output.prepare_out_dir(out)  # an unwritable folder stops the command before any work
     scenario = load_scenario(scenario_ref, overrides, calibrated=not uncalibrated)
+    kwargs = {"replications": replications, "seed": seed, "workers": workers}
+    parts = None
+    if out:
+        parts = output.open_parts(Path(out), output.run_spec(kind, scenario, seed), resume=resume)
+        kwargs["saved"] = output.load_parts(parts, replications) if resume else ()
+        kwargs["on_part"] = lambda p: output.save_part(parts, p.rep, p.frames, p.timing, total=replications)
     bar, update = _progress(quiet)
-    if bar:
-        with bar:
-            return run(scenario, replications=replications, seed=seed, workers=workers, progress=update)
-    return run(scenario, replications=replications, seed=seed, workers=workers)
+    try:
+        if bar:
+            with bar:
+                return run(scenario, progress=update, **kwargs)
+        return run(scenario, **kwargs)
+    except KeyboardInterrupt:
+        if parts is not None:
+            click.echo(f"{output.count_parts(parts, replications)} of {replications} replications are saved "
+                       f"in {out}; rerun the same command with --resume to continue", err=True)
+        raise
 
 
 def _finite(x):
@@ -212,7 +237,7 @@ def _print_tables(result, rows, per_round) -> None:
 
 def _report(result, as_json: bool, out: str | None, kind: str) -> None:
     from vbp import metrics
-    from vbp.output import prepare_out_dir, write_run
+    from vbp.output import PARTS, prepare_out_dir, write_run
 
     rows, per_round = metrics.compare(result.frames)
     doc = _result_json(result, rows, per_round)
@@ -224,37 +249,34 @@ def _report(result, as_json: bool, out: str | None, kind: str) -> None:
                   replications=result.replications, frames=result.frames,
                   tables={"round_metrics": rm, "headline": head, "savings_path": path,
                           "targets": pd.DataFrame(rows)},
-                  summary=doc, wall_s=result.wall_s)
+                  summary=doc, wall_s=result.wall_s,
+                  hint=f"all {result.replications} replications are saved in {Path(out) / PARTS}; rerun the "
+                       "same command with --resume to write the tables without simulating again")
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
         _print_tables(result, rows, per_round)
         if out:
-            click.echo(f"wrote {out}")
+            reused = f" ({result.reused} saved replications reused)" if result.reused else ""
+            click.echo(f"wrote {out}{reused}")
 
 
 @cli.command()
 @_common
-def reproduce(replications, seed, workers, overrides, out, as_json, quiet, uncalibrated):
+def reproduce(replications, seed, workers, overrides, out, resume, as_json, quiet, uncalibrated):
     """Simulate the national history and set it beside the published outcomes."""
-    if out:
-        from vbp.output import prepare_out_dir
-
-        prepare_out_dir(out)
-    result = _simulate(HEADLINE, overrides, replications, seed, workers, quiet, uncalibrated)
+    result = _simulate(HEADLINE, overrides, replications, seed, workers, quiet, uncalibrated,
+                       out=out, resume=resume, kind="reproduce")
     _report(result, as_json, out, "reproduce")
 
 
 @cli.command(name="run")
 @click.argument("scenario")
 @_common
-def run_cmd(scenario, replications, seed, workers, overrides, out, as_json, quiet, uncalibrated):
+def run_cmd(scenario, replications, seed, workers, overrides, out, resume, as_json, quiet, uncalibrated):
     """Simulate SCENARIO (an embedded name or a TOML file)."""
-    if out:
-        from vbp.output import prepare_out_dir
-
-        prepare_out_dir(out)
-    result = _simulate(scenario, overrides, replications, seed, workers, quiet, uncalibrated)
+    result = _simulate(scenario, overrides, replications, seed, workers, quiet, uncalibrated,
+                       out=out, resume=resume, kind="run")
     _report(result, as_json, out, "run")
 
 
@@ -432,6 +454,10 @@ cli.add_command(report_command)
 from vbp.sweep import sweep_command  # noqa: E402
 
 cli.add_command(sweep_command)
+
+from vbp.cli_designs import designs_command  # noqa: E402
+
+cli.add_command(designs_command)
 
 
 def main() -> None:  # pragma: no cover - console entry point

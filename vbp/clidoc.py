@@ -71,6 +71,8 @@ def render_outputs() -> str:
              "folders are described in [sweeps.md](sweeps.md).", ""]
     for name, cls, doc in (("bids.parquet", records.BidRow, "one row per bid (product) in every unit"),
                            ("units.parquet", records.UnitRow, "one row per molecule or device unit"),
+                           ("tenders.parquet", records.TenderRow,
+                            "one row per tender of a unit: the round's award and each re-tender"),
                            ("deliveries.parquet", records.DeliveryRow, "one row per round and month of supply"),
                            ("events.parquet", records.EventRow, "the SimPy timeline, one row per event")):
         lines += [f"## `{name}`", "", doc[0].upper() + doc[1:] + ".", "", "| column | type | meaning |",

@@ -24,7 +24,7 @@ def load_forecast(path: str | Path, overrides: tuple[str, ...] = ()) -> Scenario
     """Read a forecast file into a one-round scenario."""
     file = str(path)
     doc = read_toml_file(Path(path))
-    allowed = {"round", "agents", "market", "rules", "optimizer", "rulebooks"}
+    allowed = {"round", "agents", "market", "dynamics", "rules", "optimizer", "rulebooks"}
     for key in doc:
         if key not in allowed:
             from vbp.errors import did_you_mean

@@ -31,7 +31,7 @@ from vbp.data import provinces
 from vbp.scenario import AgentParams, MarketParams, Round
 from vbp.strategies import CostDistribution
 
-__all__ = ["Unit", "FirmPool", "make_firm_pool", "generate_units", "cost_distribution",
+__all__ = ["Unit", "FirmPool", "Entrants", "make_firm_pool", "generate_units", "cost_distribution", "entrants",
            "JOINT_INTENDED_SHARE"]
 
 # Joint intended volumes are 90% of hospitals' reported demand [A3,A4] (H); units hold the
@@ -173,6 +173,41 @@ def _drug_units(rnd, agents, market, pool, rng) -> list[Unit]:
             province_idx=idx, province_demand=pdem,
         ))
     return units
+
+
+@dataclass(frozen=True)
+class Entrants:
+    """Newly approved generic products entering a unit's market before a re-tender."""
+
+    firm: np.ndarray  # (k,) firm ids from the pool, none already in the market
+    cost: np.ndarray  # (k,) yuan per unit
+    capacity: np.ndarray  # (k,) units per year
+    ref_price: np.ndarray  # (k,) list price, yuan per unit: the unit's reference price
+
+    @property
+    def n(self) -> int:
+        return len(self.firm)
+
+    @property
+    def originator(self) -> np.ndarray:
+        return np.zeros(self.n, dtype=bool)
+
+    @property
+    def reserve(self) -> np.ndarray:
+        return self.cost
+
+
+def entrants(u: Unit, k: int, pool: FirmPool, agents: AgentParams, category: str,
+             rng: np.random.Generator) -> Entrants:
+    """k entrants into unit u: pool firms not yet in it (by size), costs from the category's
+    distribution, capacity drawn as for the first bidders; they list at the unit's reference price."""
+    candidates = np.setdiff1d(np.arange(len(pool.size)), u.firm)
+    k = min(k, len(candidates))
+    p = pool.size[candidates] / pool.size[candidates].sum() if k else None
+    firm = rng.choice(candidates, size=k, replace=False, p=p) if k else np.zeros(0, dtype=int)
+    cost = cost_distribution(agents, category).sample(rng, k) * u.norm_price
+    return Entrants(firm=firm, cost=cost, capacity=_capacity(agents, u.demand, k, rng),
+                    ref_price=np.full(k, u.norm_price))
 
 
 def _brand_shares(n: int, sigma: float, rng: np.random.Generator) -> np.ndarray:

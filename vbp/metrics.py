@@ -24,6 +24,7 @@ from vbp import data
 __all__ = [
     "round_metrics", "headline_metrics", "cumulative_savings", "savings_path", "summarize",
     "Target", "targets", "compare", "round_targets", "savings_checkpoints", "ROUND_METRIC_COLUMNS",
+    "dynamics_metrics", "DYNAMICS_METRIC_COLUMNS", "renewal_prices",
 ]
 
 
@@ -181,3 +182,62 @@ def savings_checkpoints(deliveries: pd.DataFrame) -> list[dict]:
                      "mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
                      "error_pct": 100 * (s["mean"] - p["value"]) / p["value"]})
     return rows
+
+
+DYNAMICS_METRIC_COLUMNS = {
+    "shortage_share": "units due from winners that nobody delivered / units due",
+    "shortage_days": "days of a unit's whole demand unmet (volume-equivalent), summed over units",
+    "backup_share": "units delivered by backup suppliers / units due",
+    "failures": "winners' supply failures started",
+    "hhi": "mean over procured units of the HHI of winners' agreed volumes at the round's award",
+    "top_share": "mean over procured units of the largest winner's share of agreed volume",
+    "renewals": "re-tenders held",
+    "renewal_hhi": "mean HHI of the re-tendered units' awards",
+    "exits": "bidders that left a molecule's market before its re-tender",
+    "entrants": "new products bidding at re-tenders",
+    "renewal_price_change": "mean over re-tendered units of renewal price / first-award price - 1",
+    "renewal_unprocured": "share of re-tenders with no winner",
+}
+
+
+def renewal_prices(tenders: pd.DataFrame) -> pd.DataFrame:
+    """Each re-tender beside its unit's first award: rep, round, unit, tender, date, first and renewal
+    price ratios (volume-weighted winning price / reference price), bidders, exits, entrants, HHI."""
+    key = ["rep", "round", "unit"]
+    first = tenders[tenders["tender"] == 0][[*key, "price_ratio", "hhi", "n_bidders"]]
+    later = tenders[tenders["tender"] > 0]
+    out = later.merge(first, on=key, suffixes=("", "_first"))
+    out["price_change"] = out["price_ratio"] / out["price_ratio_first"] - 1.0
+    return out[[*key, "label", "tender", "date", "n_bidders_first", "n_bidders", "exits", "entrants", "procured",
+                "price_ratio_first", "price_ratio", "price_change", "hhi_first", "hhi"]]
+
+
+def dynamics_metrics(frames: dict[str, pd.DataFrame], rounds: list[str] | None = None) -> pd.DataFrame:
+    """One row per replication: shortages, concentration, exits, entries and renewal prices (the
+    columns of DYNAMICS_METRIC_COLUMNS), over `rounds` (all when None)."""
+    deliveries, tenders = frames["deliveries"], frames["tenders"]
+    reps = np.sort(frames["units"]["rep"].unique())
+    if rounds is not None:
+        deliveries = deliveries[deliveries["round"].isin(rounds)]
+        tenders = tenders[tenders["round"].isin(rounds)]
+    out = pd.DataFrame(index=pd.Index(reps, name="rep"))
+    d = deliveries.groupby("rep")[["units", "backup_units", "shortage_units", "shortage_days", "failures"]].sum()
+    d = d.reindex(reps, fill_value=0.0)
+    due = d["units"] + d["shortage_units"]
+    out["shortage_share"] = (d["shortage_units"] / due.where(due > 0)).fillna(0.0)
+    out["shortage_days"] = d["shortage_days"]
+    out["backup_share"] = (d["backup_units"] / due.where(due > 0)).fillna(0.0)
+    out["failures"] = d["failures"]
+    first = tenders[(tenders["tender"] == 0) & tenders["procured"]].groupby("rep")
+    out["hhi"] = first["hhi"].mean().reindex(reps)
+    out["top_share"] = first["top_share"].mean().reindex(reps)
+    later = tenders[tenders["tender"] > 0]
+    g = later.groupby("rep")
+    out["renewals"] = g["tender"].count().reindex(reps, fill_value=0)
+    out["renewal_hhi"] = later[later["procured"]].groupby("rep")["hhi"].mean().reindex(reps)
+    out["exits"] = g["exits"].sum().reindex(reps, fill_value=0)
+    out["entrants"] = g["entrants"].sum().reindex(reps, fill_value=0)
+    rp = renewal_prices(tenders)
+    out["renewal_price_change"] = rp.groupby("rep")["price_change"].mean().reindex(reps)
+    out["renewal_unprocured"] = (1.0 - g["procured"].mean()).reindex(reps)
+    return out

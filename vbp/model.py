@@ -18,19 +18,19 @@ from functools import partial
 import numpy as np
 import simpy
 
-from vbp import rules, wdp
+from vbp import dynamics, learning, rules, wdp
 from vbp.data import provinces
 from vbp.errors import SimulationError
-from vbp.market import FirmPool, Unit, cost_distribution, generate_units, make_firm_pool
+from vbp.market import FirmPool, Unit, cost_distribution, entrants, generate_units, make_firm_pool
 from vbp.process import procurement_office
-from vbp.records import BidRow, DeliveryRow, EventRow, Replication, UnitRow
+from vbp.records import BidRow, DeliveryRow, EventRow, Replication, TenderRow, UnitRow
 from vbp.scenario import Round, RuleOverrides, Scenario
 from vbp.strategies import BidContext, make_strategy
 
 __all__ = ["run_replication", "Simulation", "effective_rulebook", "rng_for", "AwardedUnit",
            "bidders_bucket", "bidders_view"]
 
-STREAMS = {"firms": 1, "market": 2, "ties": 3, "supply": 4}
+STREAMS = {"firms": 1, "market": 2, "ties": 3, "supply": 4, "learning": 5, "dynamics": 6}
 
 
 def rng_for(seed: int, rep: int, stream: str, key: str = "") -> np.random.Generator:
@@ -82,20 +82,80 @@ class AwardedUnit:
 
 @dataclass
 class ContractBook:
-    """Monthly deliveries of one round's procured units, precomputed as arrays."""
+    """One round's procured units under contract: the current award of each, its term, its supply.
 
-    monthly_units: np.ndarray  # (U,) winners' purchases per month, units
-    monthly_spend: np.ndarray  # (U,) yuan
-    monthly_spend_ref: np.ndarray  # (U,) yuan
-    term_months: np.ndarray  # (U,)
-    extend: bool
+    Months count from the round's supply start. Without supply dynamics a unit's monthly purchases
+    are aggregated; with them, deliveries are worked out winner line by winner line.
+    """
 
-    def expiring(self, month: int) -> int:
-        """Units whose contract term ends at the start of this month of supply."""
-        return int((self.term_months == month).sum()) if month > 0 else 0
+    awarded: list[AwardedUnit]  # (U,) current award of each procured unit
+    end_month: np.ndarray  # (U,) month at which the current term ends
+    active: np.ndarray  # (U,) bool: under contract
+    tender: np.ndarray  # (U,) re-tenders so far
+    ratio: float  # purchases per month / agreed annual volume (completion ratio / 12)
+    down: np.ndarray | None = None  # (L,) months of failure left per winner line (supply dynamics)
+    rng: np.random.Generator | None = None  # the round's supply stream (supply dynamics)
 
-    def active(self, month: int) -> np.ndarray:
-        return np.ones_like(self.term_months, dtype=bool) if self.extend else self.term_months > month
+    def expiring(self, month: int) -> np.ndarray:
+        """Indices of the units whose term ends at the start of this month of supply."""
+        if month <= 0:
+            return np.zeros(0, dtype=int)
+        return np.flatnonzero(self.active & (self.end_month == month))
+
+    def __post_init__(self) -> None:
+        self.monthly = np.array([self._monthly(a) for a in self.awarded]).reshape(-1, 3)
+        self._lines: tuple[np.ndarray, ...] | None = None
+
+    def _monthly(self, a: AwardedUnit) -> tuple[float, float, float]:
+        return (self.ratio * a.agreed.sum(), self.ratio * np.nansum(a.award.price * a.agreed),
+                self.ratio * np.sum(a.unit.ref_price * a.agreed))
+
+    def replace(self, k: int, a: AwardedUnit, end_month: int) -> None:
+        """Put unit k under a new award (a re-tender) until `end_month`."""
+        self.awarded[k] = a
+        self.monthly[k] = self._monthly(a)
+        self.end_month[k] = end_month
+        self.tender[k] += 1
+        self._relines(k, a.procured)
+
+    def stop(self, k: int) -> None:
+        """End unit k's contract."""
+        self._relines(k, False)
+
+    def _relines(self, k: int, active: bool) -> None:
+        """Set unit k's status and rebuild the winner lines; other units' winners keep their failure
+        state, unit k's (new) winners start supplying."""
+        if self.down is None:
+            self.active[k] = active
+            self._lines = None
+            return
+        unit, bidder = self.lines()[:2]
+        state = {(u, b): d for u, b, d in zip(unit.tolist(), bidder.tolist(), self.down.tolist()) if u != k}
+        self.active[k] = active
+        self._lines = None
+        unit, bidder = self.lines()[:2]
+        self.down = np.array([state.get(key, 0) for key in zip(unit.tolist(), bidder.tolist())], dtype=int)
+
+    def totals(self) -> tuple[float, float, float, int]:
+        """Aggregate monthly (units, spend, spend at reference prices, active units)."""
+        m = self.monthly[self.active]
+        return float(m[:, 0].sum()), float(m[:, 1].sum()), float(m[:, 2].sum()), int(self.active.sum())
+
+    def lines(self) -> tuple[np.ndarray, ...]:
+        """Winner lines of the active units, in unit order: (unit index, bidder, monthly units, price,
+        reference price, monthly capacity), each (L,). Cached until a re-tender changes them."""
+        if self._lines is None:
+            cols: list[list] = [[np.zeros(0, dtype=int)], [np.zeros(0, dtype=int)]] + [[np.zeros(0)] for _ in range(4)]
+            for k, (a, on) in enumerate(zip(self.awarded, self.active)):
+                if not on:
+                    continue
+                won = np.flatnonzero(a.award.won & (a.agreed > 0))
+                for col, values in zip(cols, (np.full(len(won), k), won, self.ratio * a.agreed[won],
+                                              a.award.price[won], a.unit.ref_price[won],
+                                              a.unit.capacity[won] / 12.0)):
+                    col.append(values)
+            self._lines = tuple(np.concatenate(c) for c in cols)
+        return self._lines
 
 
 class Simulation:
@@ -107,7 +167,11 @@ class Simulation:
         self.rep = rep
         self.record = Replication(rep=rep)
         self.pool: FirmPool = make_firm_pool(scenario.agents, rng_for(seed, rep, "firms"))
-        self.strategy = make_strategy(scenario.agents.strategy, **_strategy_params(scenario))
+        a = scenario.agents
+        # adaptive bidders learn from their own awards: their state lives here, in the replication
+        self.learner = (learning.HedgeLearner(a.adaptive_grid, a.adaptive_rate, a.adaptive_memory)
+                        if a.strategy == "adaptive" else None)
+        self.strategy = None if self.learner else make_strategy(a.strategy, **_strategy_params(scenario))
         self.horizon = self.day(scenario.end) + 1.0
         self.prices: dict[str, dict[int, float]] = {}  # round -> molecule index -> lowest winning price
         self._distance = provinces().distance_km()
@@ -159,13 +223,53 @@ class Simulation:
         self.prices[rnd.id] = {a.unit.index: float(np.nanmin(a.award.price)) / a.unit.norm_price
                                for a in awarded if a.procured}
         awarded = [self._allocate(rnd, a) for a in awarded]
+        day = self.day(rnd.bid_date)
         for a in awarded:
             self._record(rnd, a)
+            self.record.tenders.append(self._tender_row(rnd, a, 0, day))
+            self._learn(rnd, rb, a)
         return awarded
 
-    def _bids(self, rnd: Round, rb: rules.Rulebook, u: Unit) -> np.ndarray:
+    def _learn(self, rnd: Round, rb: rules.Rulebook, a: AwardedUnit) -> None:
+        """Adaptive bidders see every bid of the unit (bids are opened in public) and update their
+        weights with what each margin share would have earned against them."""
+        if self.learner is None or not np.isfinite(a.bids).any():
+            return
+        u = a.unit
+        cap = u.ceiling / u.norm_price
+        fn = partial(rules.award_fractions, bidders_view(rb), ceiling=cap, demand_share=u.demand_share)
+        # originators count the brand margin they give up: their reserve is their cost
+        pay = learning.foregone_payoffs(fn, a.bids / u.norm_price, u.reserve / u.norm_price,
+                                        u.reserve / u.norm_price, cap, self.learner.theta)
+        self.learner.update(u.firm, rnd.category, pay)
+
+    def _tender_row(self, rnd: Round, a: AwardedUnit, tender: int, day: float, exits: int = 0,
+                    entrants: int = 0) -> TenderRow:
+        u, aw = a.unit, a.award
+        vol = a.agreed[aw.won]
+        nan = float("nan")
+        if a.procured and vol.sum() > 0:
+            price = float(np.sum(aw.price[aw.won] * vol) / (u.norm_price * vol.sum()))
+            top = float(np.nanmax(aw.price)) / u.norm_price
+            hhi, top_share = dynamics.hhi(vol), float(vol.max() / vol.sum())
+        else:
+            price = top = hhi = top_share = nan
+        return TenderRow(self.rep, rnd.id, u.index, u.label, tender, self.date(day).isoformat(), u.n, exits,
+                         entrants, aw.n_winners, a.procured, u.ceiling / u.norm_price, price, top, hhi,
+                         top_share, a.contract_years)
+
+    def _bids(self, rnd: Round, rb: rules.Rulebook, u: Unit, tender: int = 0) -> np.ndarray:
         scale = u.norm_price
         ceiling = u.ceiling / scale
+        if self.learner is not None:
+            rng = rng_for(self.seed, self.rep, "learning", f"{u.label}#{tender}")
+            pick = self.learner.choose(u.firm, rnd.category, rng)
+            reserve = u.reserve / scale
+            frac = learning.margin_bids(self.learner.theta, np.minimum(reserve, ceiling), ceiling)
+            frac = frac[np.arange(u.n), pick]
+            # above the ceiling: no bid where it is a cap, else the reserve itself
+            frac = np.where(reserve > ceiling, np.nan if rb.ceiling_is_cap else reserve, frac)
+            return frac * scale
         # Bid functions are cached per (bidders, rules, ceiling): bidders plan for a ceiling on a
         # 5% log grid; the award itself uses the exact ceiling.
         ceil_q = float(np.exp(np.round(np.log(ceiling) / 0.05) * 0.05))
@@ -181,13 +285,21 @@ class Simulation:
             frac = np.where(frac > ceiling, np.where(u.reserve / scale <= ceiling, ceiling, np.nan), frac)
         return frac * scale
 
-    def _award_unit(self, rnd: Round, rb: rules.Rulebook, u: Unit, ties: np.random.Generator) -> AwardedUnit:
-        bids = self._bids(rnd, rb, u)
+    def _award_unit(self, rnd: Round, rb: rules.Rulebook, u: Unit, ties: np.random.Generator,
+                    tender: int = 0) -> AwardedUnit:
+        if u.n == 0:
+            empty = rules.Award(won=np.zeros(0, bool), price=np.zeros(0), agreed=np.zeros(0), n_valid=0,
+                                n_winners=0, reason="no bidders")
+            return AwardedUnit(u, empty, np.zeros(0), False, "no bidders", 1, np.zeros(0))
+        bids = self._bids(rnd, rb, u, tender)
         # Ties in price are broken at random (the rules rank equal prices by input order).
         order = ties.permutation(u.n)
         inv = np.argsort(order)
         share = None if u.demand_share is None else u.demand_share[order]
-        if self.scenario.optimizer.mode == "planner" and rnd.category == "drug":
+        # the planner chooses among two or more valid bids of a multi-winner drug round; a lone bid
+        # and the pilot go through the rulebook, whose pre-award negotiation also sets prices
+        if (self.scenario.optimizer.mode == "planner" and rnd.category == "drug" and rb.kind == "multi_winner"
+                and int((np.isfinite(bids) & (bids <= u.ceiling)).sum()) >= 2):
             return self._plan_unit(rnd, rb, u, bids)
         a = rules.award(rb, bids[order], u.ceiling, reserve=u.reserve[order], firm=u.firm[order],
                         demand_share=share)
@@ -205,12 +317,19 @@ class Simulation:
             empty = rules.Award(won=np.zeros(u.n, bool), price=np.full(u.n, np.nan), agreed=np.zeros(u.n),
                                 n_valid=0, n_winners=0, reason="no valid bids")
             return AwardedUnit(u, empty, np.zeros(u.n), False, "no valid bids", 1, bids)
-        k_cap = rules.max_winners_for(rb, int(valid.sum()))
-        share = rules.volume_share_for(rb, k_cap)
+        n_valid = int(valid.sum())
+        # the agreed volume is the rulebook's (so the designs buy comparable volumes); the number of
+        # winners is the planner's to choose, within its supply-security constraints, which relax
+        # where the valid bids cannot meet them (one bidder cannot be held to a share below 1)
+        share = rules.volume_share_for(rb, rules.max_winners_for(rb, n_valid))
+        demand = u.province_demand * share
+        caps = np.sort(np.minimum(u.capacity[valid], 1e3 * demand.sum()))[::-1]
         problem = wdp.PlannerProblem(
-            bid=np.where(valid, bids, 0.0), eligible=valid, demand=u.province_demand * share,
-            capacity=u.capacity, logistics=self._logistics(u, np.arange(u.n)), max_winners=k_cap,
-            min_suppliers=min(opt.min_suppliers, int(valid.sum())), max_share=opt.max_share, label=u.label)
+            bid=np.where(valid, bids, 0.0), eligible=valid, demand=demand,
+            capacity=u.capacity, logistics=self._logistics(u, np.arange(u.n)), max_winners=n_valid,
+            min_suppliers=min(opt.min_suppliers, n_valid), label=u.label,
+            max_share=max(opt.max_share, 1.0 / n_valid),
+            backup=opt.backup_coverage and n_valid >= 2 and caps[1:].sum() >= demand.sum())
         try:
             won, alloc = wdp.plan(problem, time_limit=opt.time_limit)
         except wdp.AllocationError as exc:
@@ -312,23 +431,99 @@ class Simulation:
             float(a.agreed.sum()), float(np.sum(u.ref_price * a.agreed)), savings, a.contract_years,
             method, objective))
 
-    # -- contracts -----------------------------------------------------------------------------
+    # -- contracts ---------------------------------------------------------------------------------
     def contract_book(self, rnd: Round, awarded: list[AwardedUnit]) -> ContractBook:
-        """Monthly purchases: winners buy `completion_ratio` x agreed volume / 12 each month."""
+        """The round's procured units under contract; winners buy `completion_ratio` x agreed / 12 a month."""
         done = [a for a in awarded if a.procured]
-        ratio = self.scenario.market.completion_ratio / 12.0
-        units = np.array([ratio * a.agreed.sum() for a in done])
-        spend = np.array([ratio * np.nansum(a.award.price * a.agreed) for a in done])
-        ref = np.array([ratio * np.sum(a.unit.ref_price * a.agreed) for a in done])
-        term = np.array([12 * a.contract_years for a in done], dtype=int)
-        return ContractBook(units, spend, ref, term, self.scenario.market.renewal == "extend")
+        book = ContractBook(done, np.array([12 * a.contract_years for a in done], dtype=int),
+                            np.ones(len(done), dtype=bool), np.zeros(len(done), dtype=int),
+                            self.scenario.market.completion_ratio / 12.0)
+        if self.scenario.dynamics.supply:
+            book.down = np.zeros(len(book.lines()[0]), dtype=int)
+            book.rng = rng_for(self.seed, self.rep, "supply", rnd.id)
+        return book
+
+    def expire(self, rnd: Round, book: ContractBook, month: int, day: float) -> None:
+        """Contracts whose term ends this month: extended at their price, stopped, or re-tendered."""
+        ending = book.expiring(month)
+        if not len(ending):
+            return
+        policy = self.scenario.market.renewal
+        if policy == "extend":
+            for k in ending:
+                book.end_month[k] += 12 * book.awarded[k].contract_years
+            self.log(day, "renewal", rnd.id, f"{len(ending)} unit(s) extended at their price")
+        elif policy == "none":
+            for k in ending:
+                book.stop(k)
+            self.log(day, "expiry", rnd.id, f"{len(ending)} unit(s) reached the end of their term")
+        else:
+            for k in ending:
+                new = self.retender(rnd, book.awarded[k], int(book.tender[k]) + 1, day)
+                book.replace(k, new, month + 12 * new.contract_years)
+            self.log(day, "retender", rnd.id, f"{len(ending)} unit(s) re-tendered")
+
+    def retender(self, rnd: Round, prev: AwardedUnit, tender: int, day: float) -> AwardedUnit:
+        """Re-tender a unit at expiry among the firms still in its market and the new entrants.
+
+        Stay or exit: each earlier bidder compares its expected annual profit under the expiring
+        award (winners: contract margin x purchases; losers: what they sell outside the agreed
+        volume) with its outside option. Entrants: approvals arrive at `entry_rate` per year.
+        The ceiling is the expiring award's highest winning price (or the first ceiling).
+        """
+        d, u = self.scenario.dynamics, prev.unit
+        rng = rng_for(self.seed, self.rep, "dynamics", f"{u.label}#{tender}")
+        won = prev.award.won
+        top = float(np.nanmax(prev.award.price)) if prev.procured else u.ceiling
+        contract = (np.nan_to_num(prev.award.price) - u.cost) * prev.agreed * self.scenario.market.completion_ratio
+        outside = dynamics.loser_profit(u.cost, u.ref_price, top, u.demand, int((~won).sum()), d.loser_access,
+                                        d.loser_price_cap)
+        stay = dynamics.stays(np.where(won, contract, outside), u.norm_price * u.demand / max(u.n, 1),
+                              d.outside_option)
+        new = entrants(u, int(rng.poisson(d.entry_rate * prev.contract_years)), self.pool, self.scenario.agents,
+                       rnd.category, rng)
+        share = None
+        if u.demand_share is not None:
+            kept = u.demand_share[stay]
+            fill = kept.mean() if len(kept) else 1.0
+            share = np.concatenate([kept, np.full(new.n, fill)])
+            share = share / share.sum() if share.sum() > 0 else share
+        ceiling = min(top, u.ceiling) if d.renewal_ceiling == "max_winning" else u.ceiling
+        unit = dataclasses.replace(
+            u, ceiling=float(ceiling), firm=np.concatenate([u.firm[stay], new.firm]),
+            originator=np.concatenate([u.originator[stay], new.originator]),
+            cost=np.concatenate([u.cost[stay], new.cost]), reserve=np.concatenate([u.reserve[stay], new.reserve]),
+            ref_price=np.concatenate([u.ref_price[stay], new.ref_price]),
+            capacity=np.concatenate([u.capacity[stay], new.capacity]), demand_share=share)
+        rb = effective_rulebook(self.scenario.rulebook(rnd.rulebook), self.scenario.rules)
+        a = self._award_unit(rnd, rb, unit, rng, tender)
+        a = self._allocate(rnd, dataclasses.replace(a, contract_years=d.renewal_years))
+        self._learn(rnd, rb, a)
+        self.record.tenders.append(self._tender_row(rnd, a, tender, day, int((~stay).sum()), new.n))
+        return a
 
     def deliver(self, rnd: Round, book: ContractBook, month: int, day: float) -> None:
-        act = book.active(month)
-        units, spend, ref = (float(book.monthly_units[act].sum()), float(book.monthly_spend[act].sum()),
-                             float(book.monthly_spend_ref[act].sum()))
+        """One month of purchases; with supply dynamics, winner by winner with failures and backups."""
+        d = self.scenario.dynamics
+        date = self.date(day).isoformat()
+        if book.down is None:
+            units, spend, ref, n = book.totals()
+            self.record.deliveries.append(DeliveryRow(self.rep, rnd.id, date, units, spend, ref, ref - spend, n))
+            return
+        unit_of, _, volume, price, ref_price, capacity = book.lines()
+        days = self.next_month_day(day) - day
+        sm = dynamics.supply_month(unit_of, volume, capacity, book.down, len(book.awarded), book.rng,
+                                   fail_prob=d.failure_prob, mean_months=d.failure_months,
+                                   lag_share=min(1.0, d.backup_lag_days / days), capacity_binds=d.capacity_binds)
+        book.down = sm.down
+        delivered = sm.own + sm.backup
+        spend = float(np.sum(price * sm.own) + np.sum(price * (1.0 + d.backup_premium) * sm.backup))
+        ref = float(np.sum(ref_price * delivered))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            short_days = float(np.sum(np.where(sm.need > 0, days * sm.shortage / sm.need, 0.0)))
         self.record.deliveries.append(DeliveryRow(
-            self.rep, rnd.id, self.date(day).isoformat(), units, spend, ref, ref - spend, int(act.sum())))
+            self.rep, rnd.id, date, float(delivered.sum()), spend, ref, ref - spend, int(book.active.sum()),
+            float(sm.backup.sum()), float(sm.shortage.sum()), short_days, sm.new_failures))
 
 
 def _strategy_params(scenario: Scenario) -> dict:

@@ -1,8 +1,8 @@
 """SimPy processes: the procurement office's timeline and the contracts it starts.
 
 The clock counts days from the scenario start. Processes hold no rule logic: they decide *when*
-things happen (announcement, bid opening, award, supply start, monthly consumption, expiry,
-renewal) and call the model for *what* happens. Rounds open in date order; each award starts one
+things happen (announcement, bid opening, award, supply start, monthly deliveries, expiry and
+renewal or re-tender) and call the model for *what* happens. Rounds open in date order; each award starts one
 contract process, so contracts of different rounds run side by side.
 """
 
@@ -38,8 +38,9 @@ def procurement_office(env: simpy.Environment, sim: Simulation):
 def contract(env: simpy.Environment, sim: Simulation, rnd, awarded):
     """Supply starts after the implementation lag; winners deliver monthly until the horizon.
 
-    Each unit's contract expires after its term; under the renewal policy it is extended at its
-    price (the renewal is logged), otherwise its deliveries stop.
+    Each unit's contract ends after its term; by the renewal policy it is then extended at its
+    price, stopped, or re-tendered among the firms still in its market (re-tenders happen on this
+    clock, so adaptive bidders carry what they learned into them).
     """
     start = sim.supply_start_day(rnd)
     if start >= sim.horizon:
@@ -49,10 +50,7 @@ def contract(env: simpy.Environment, sim: Simulation, rnd, awarded):
     book = sim.contract_book(rnd, awarded)
     month = 0
     while env.now < sim.horizon:
-        ending = book.expiring(month)
-        if ending:
-            kind = "renewal" if sim.scenario.market.renewal == "extend" else "expiry"
-            sim.log(env.now, kind, rnd.id, f"{ending} unit(s) reached the end of their term")
+        sim.expire(rnd, book, month, env.now)
         sim.deliver(rnd, book, month, env.now)
         next_day = sim.next_month_day(env.now)
         yield env.timeout(next_day - env.now)

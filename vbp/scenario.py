@@ -26,7 +26,8 @@ from vbp.errors import InputError, did_you_mean
 from vbp.rules import Rulebook
 
 __all__ = [
-    "Round", "DeviceGroup", "AgentParams", "MarketParams", "RuleOverrides", "OptimizerParams", "Scenario",
+    "Round", "DeviceGroup", "AgentParams", "MarketParams", "DynamicsParams", "RuleOverrides", "OptimizerParams",
+    "Scenario",
     "load_scenario", "resolve_raw", "apply_overrides", "parse_override", "read_toml_file",
     "scenario_from_raw", "flatten", "describe", "calibrated_parameters", "MAX_FILE_BYTES",
 ]
@@ -94,7 +95,7 @@ class Round(_Frozen):
 class AgentParams(_Frozen):
     """Manufacturers: cost distributions, types, capacity and bidding strategy."""
 
-    strategy: str = Field("equilibrium", description="bidding strategy: equilibrium | cost_plus")
+    strategy: str = Field("equilibrium", description="bidding strategy: equilibrium | cost_plus | adaptive")
     markup: float = Field(0.3, ge=0, le=10, description="cost_plus markup over unit cost")
     cost_median_drug: float = Field(0.20, gt=0, le=2, description="median generic unit cost / reference price, drugs")
     cost_sigma_drug: float = Field(0.8, gt=0, le=5, description="log-sd of unit cost, drugs")
@@ -114,14 +115,20 @@ class AgentParams(_Frozen):
     products_per_firm: float = Field(1.65, ge=1, le=20,
                                      description="products per bidding firm where products are unknown")
     firm_pool: int = Field(800, ge=10, le=100000, description="manufacturers in the national pool")
+    adaptive_grid: int = Field(11, ge=2, le=201, description="adaptive: margin shares on the grid (0 to 1)")
+    adaptive_rate: float = Field(2.0, ge=0, le=100,
+                                 description="adaptive: learning rate of the exponential weights per award")
+    adaptive_memory: float = Field(0.9, gt=0, le=1,
+                                   description="adaptive: weight kept by earlier evidence at each award")
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, v):
         from vbp.strategies import STRATEGIES
 
-        if v not in STRATEGIES:
-            raise ValueError(f"unknown strategy {v!r}{did_you_mean(v, STRATEGIES)}; known: {', '.join(STRATEGIES)}")
+        known = [*STRATEGIES, "adaptive"]  # adaptive bidders need firm identity: the model runs them
+        if v not in known:
+            raise ValueError(f"unknown strategy {v!r}{did_you_mean(v, known)}; known: {', '.join(known)}")
         return v
 
     @model_validator(mode="after")
@@ -144,7 +151,37 @@ class MarketParams(_Frozen):
     logistics_per_1000km: float = Field(0.005, ge=0, le=1, description="delivery cost per 1,000 km / reference price")
     bidding_window_days: int = Field(30, ge=1, le=365, description="days from announcement to bid opening")
     joint_participation: float = Field(0.6, gt=0, le=1, description="chance a joint maker bids in a category")
-    renewal: Literal["extend", "none"] = Field("extend", description="at expiry: extend at the last price, or stop")
+    renewal: Literal["extend", "none", "retender"] = Field(
+        "extend", description="at expiry: extend at the last price, stop, or re-tender among surviving firms")
+
+
+class DynamicsParams(_Frozen):
+    """What happens between rounds: renewals, exit and entry, supply failures and backups.
+
+    The defaults switch everything off (deliveries are aggregated per round, as agreed); the
+    embedded scenario `national-history-dynamics` switches it on.
+    """
+
+    renewal_years: int = Field(3, ge=1, le=10, description="term of a re-tendered contract, years")
+    renewal_ceiling: Literal["max_winning", "first_ceiling"] = Field(
+        "max_winning", description="re-tender ceiling: the expiring award's highest winning price, or the "
+                                   "first round's ceiling")
+    outside_option: float = Field(
+        0.0, ge=0, le=10, description="annual profit a firm needs to stay in a molecule's market, as a share "
+                                      "of its pre-VBP fair-share revenue (market value / bidders); 0 = no exit")
+    loser_access: float = Field(
+        0.3, ge=0, le=1, description="share of the demand outside the agreed volume that losers still sell")
+    loser_price_cap: float = Field(
+        1.5, ge=1, le=100, description="losers' price cap as a multiple of the highest winning price")
+    entry_rate: float = Field(0.0, ge=0, le=50,
+                              description="new generic approvals per molecule per year, bidding at re-tender")
+    supply: bool = Field(False, description="deliveries winner by winner: capacity, failures, backups, shortages")
+    failure_prob: float = Field(0.01, ge=0, le=1, description="monthly chance a winner's supply fails")
+    failure_months: float = Field(2.0, ge=1, le=60, description="mean length of a supply failure, months")
+    backup_lag_days: float = Field(15.0, ge=0, le=31,
+                                   description="days before backup suppliers take over a failed supply")
+    backup_premium: float = Field(0.1, ge=0, le=10, description="backup supply's extra cost over its own price")
+    capacity_binds: bool = Field(True, description="supply: a winner delivers at most its capacity / 12 a month")
 
 
 class RuleOverrides(_Frozen):
@@ -172,6 +209,8 @@ class OptimizerParams(_Frozen):
     time_limit: float = Field(10.0, gt=0, le=3600, description="solver time limit per model, s")
     min_suppliers: int = Field(1, ge=1, le=31, description="planner: minimum winners per molecule")
     max_share: float = Field(1.0, gt=0, le=1, description="planner: maximum national share of one winner")
+    backup_coverage: bool = Field(
+        False, description="planner: the other winners' capacity covers the whole demand if any one fails")
 
 
 class Scenario(_Frozen):
@@ -185,6 +224,7 @@ class Scenario(_Frozen):
     rulebooks: tuple[Rulebook, ...]
     agents: AgentParams = AgentParams()
     market: MarketParams = MarketParams()
+    dynamics: DynamicsParams = DynamicsParams()
     rules: RuleOverrides = RuleOverrides()
     optimizer: OptimizerParams = OptimizerParams()
 
@@ -308,7 +348,7 @@ def resolve_raw(doc: dict, file: str, *, calibrated: bool = True) -> dict:
     doc = copy.deepcopy(doc)
     fitted = calibrated_parameters() if calibrated else {}
     known = {"name", "description", "start", "end", "rounds", "rulebooks", "agents", "market",
-             "rules", "optimizer"}
+             "dynamics", "rules", "optimizer"}
     for key in doc:
         if key not in known:
             raise InputError(f"unknown key{did_you_mean(key, known)}; allowed: " + ", ".join(sorted(known)),
@@ -372,8 +412,8 @@ def resolve_raw(doc: dict, file: str, *, calibrated: bool = True) -> dict:
         "rounds": rounds,
         "rulebooks": rulebooks,
     }
-    for key, model in (("agents", AgentParams), ("market", MarketParams), ("rules", RuleOverrides),
-                       ("optimizer", OptimizerParams)):
+    for key, model in (("agents", AgentParams), ("market", MarketParams), ("dynamics", DynamicsParams),
+                       ("rules", RuleOverrides), ("optimizer", OptimizerParams)):
         section = doc.get(key, {})
         if not isinstance(section, dict):
             raise InputError(f"expected a table, got {section!r}", file=file, field=key)
@@ -467,7 +507,7 @@ def scenario_from_raw(raw: dict, file: str) -> Scenario:
 
 
 def _allowed_keys(loc: list) -> list[str]:
-    models = {"agents": AgentParams, "market": MarketParams, "rules": RuleOverrides,
+    models = {"agents": AgentParams, "market": MarketParams, "dynamics": DynamicsParams, "rules": RuleOverrides,
               "optimizer": OptimizerParams, "rounds": Round}
     if loc and loc[0] in models:
         return list(models[loc[0]].model_fields)
@@ -544,7 +584,7 @@ def describe(path: str) -> str:
     """One-line meaning of a dotted scenario path, with units."""
     parts = path.split(".")
     head, leaf = parts[0], parts[-1]
-    models = {"agents": AgentParams, "market": MarketParams, "rules": RuleOverrides,
+    models = {"agents": AgentParams, "market": MarketParams, "dynamics": DynamicsParams, "rules": RuleOverrides,
               "optimizer": OptimizerParams}
     if head in models and leaf in models[head].model_fields:
         return models[head].model_fields[leaf].description or ""

@@ -26,8 +26,10 @@ import pandas as pd
 
 from vbp import counterfactual as cf
 from vbp.errors import InputError, SimulationError, did_you_mean
+from vbp.output import atomic_frame
 from vbp.scenario import (
     AgentParams,
+    DynamicsParams,
     MarketParams,
     OptimizerParams,
     Round,
@@ -42,13 +44,15 @@ from vbp.scenario import (
 )
 from vbp.store import Store, TaskRow
 
-__all__ = ["DESIGNS", "HEADLINE", "ROUND_STATS", "Range", "SweepSpec", "Point", "Plan", "SweepResult",
+__all__ = ["DESIGNS", "HEADLINE", "DYNAMICS", "ROUND_STATS", "Range", "SweepSpec", "Point", "Plan", "SweepResult",
            "load_spec", "parse_spec", "plan_sweep", "metric_names", "task_metrics", "run_task",
            "run_sweep", "results_table", "sobol_table", "sweep_command"]
 
 DESIGNS = ("grid", "random", "lhs", "sobol", "counterfactual")
 HEADLINE = ("drug_avg_cut", "joint_avg_cut", "stent_avg_cut", "cumulative_savings_2021_bn")
 ROUND_STATS = ("avg_cut", "annual_savings_bn", "winning_products", "winner_share")
+DYNAMICS = ("drug_shortage_share", "drug_shortage_days", "drug_backup_share", "drug_hhi", "drug_top_share",
+            "drug_exits", "drug_entrants", "drug_renewal_price_change")
 SOBOL_COLUMNS = ["metric", "parameter", "S1", "S1_conf", "ST", "ST_conf"]
 MAX_TASKS = 1_000_000
 _TOP = ("name", "description", "scenario", "replications", "seed", "design", "parameters", "fixed")
@@ -289,8 +293,8 @@ class Plan:
     problem: dict | None = None  # SALib problem of a sobol design
 
 
-_MODELS = {"agents": AgentParams, "market": MarketParams, "rules": RuleOverrides,
-           "optimizer": OptimizerParams, "rounds": Round}
+_MODELS = {"agents": AgentParams, "market": MarketParams, "dynamics": DynamicsParams,
+           "rules": RuleOverrides, "optimizer": OptimizerParams, "rounds": Round}
 
 
 def _integer_path(path: str, default: Any) -> bool:
@@ -368,22 +372,28 @@ def plan_sweep(spec: SweepSpec) -> Plan:
 
 
 def metric_names(round_ids: Sequence[str]) -> list[str]:
-    """Metric columns: the headline targets, then each round statistic per round."""
-    return [*HEADLINE, *(f"{stat}.{rid}" for stat in ROUND_STATS for rid in round_ids)]
+    """Metric columns: the headline targets, the drug rounds' market dynamics, then each round
+    statistic per round."""
+    return [*HEADLINE, *DYNAMICS, *(f"{stat}.{rid}" for stat in ROUND_STATS for rid in round_ids)]
 
 
 # ---------------------------------------------------------------------------------------------
 # Tasks
 
 
-def task_metrics(rec, round_ids: Sequence[str]) -> dict[str, float]:
-    """One replication's metrics (nan where the scenario's rounds do not define one)."""
-    from vbp.metrics import headline_metrics, round_metrics
+def task_metrics(rec, round_ids: Sequence[str], drug_rounds: Sequence[str] = ()) -> dict[str, float]:
+    """One replication's metrics (nan where the scenario's rounds do not define one); the dynamics
+    metrics are over `drug_rounds`."""
+    from vbp.metrics import dynamics_metrics, headline_metrics, round_metrics
     from vbp.records import to_frames
 
     frames = to_frames([rec])
     head = headline_metrics(frames)
     out = {m: float(head[m].iloc[0]) if m in head and len(head) else math.nan for m in HEADLINE}
+    dyn = dynamics_metrics(frames, list(drug_rounds))
+    for m in DYNAMICS:
+        value = dyn[m.removeprefix("drug_")].iloc[0] if len(dyn) and drug_rounds else math.nan
+        out[m] = float(value)
     rm = round_metrics(frames["units"], frames["bids"]).set_index("round")
     for stat in ROUND_STATS:
         for rid in round_ids:
@@ -397,7 +407,8 @@ def run_task(scenario: Scenario, seed: int, rep: int) -> tuple[dict[str, float],
 
     t0 = time.perf_counter()
     rec = run_replication(scenario, seed, rep)
-    return task_metrics(rec, [r.id for r in scenario.rounds]), time.perf_counter() - t0
+    drugs = [r.id for r in scenario.rounds if r.category == "drug"]
+    return task_metrics(rec, [r.id for r in scenario.rounds], drugs), time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,32 +559,11 @@ def _analyses(plan: Plan, results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {}
 
 
-def _atomic_frame(df: pd.DataFrame, path: Path) -> None:
-    """Write a table (CSV or Parquet by suffix) through a temporary file and a rename."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary file would be, not mkstemp's 0600
-        if path.suffix == ".parquet":
-            df.to_parquet(tmp, index=False)
-        else:
-            df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _export(out: Path, results: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> None:
-    _atomic_frame(results, out / "results.csv")
-    _atomic_frame(results, out / "results.parquet")
+    atomic_frame(results, out / "results.csv")
+    atomic_frame(results, out / "results.parquet")
     for name, df in tables.items():
-        _atomic_frame(df, out / f"{name}.csv")
+        atomic_frame(df, out / f"{name}.csv")
 
 
 def _write_manifest(out: Path, plan: Plan, executor: dict, counts: dict, total: int, wall: float,

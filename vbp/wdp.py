@@ -201,8 +201,10 @@ def _solve_highs(model: pulp.LpProblem, label: str, time_limit: float) -> None:
     read instead; only kOptimal (gap <= ``MIP_REL_GAP``) is accepted.
     """
     _silence_highs_banner()
+    # tight feasibility tolerances: with HiGHS's defaults a near-binary x rounded to 1 can push a
+    # capacity or share row past its bound by ~1e-6, which the solution check rightly rejects
     solver = pulp.HiGHS(msg=False, threads=1, timeLimit=time_limit, gapRel=MIP_REL_GAP,
-                        random_seed=0)
+                        random_seed=0, mip_feasibility_tolerance=1e-9, primal_feasibility_tolerance=1e-9)
     try:
         model.solve(solver)
     except pulp.PulpSolverError as exc:
@@ -354,7 +356,9 @@ class PlannerProblem:
     Fields: ``bid`` (n,) yuan per unit; ``eligible`` (n,) bool, bids the planner may choose;
     ``demand`` (P,) units; ``capacity`` (n,) units (inf allowed); ``logistics`` (n, P) extra yuan
     per unit, None = 0; ``max_winners`` and ``min_suppliers`` bound the number of winners;
-    ``max_share`` in [0, 1] caps each winner's share of total demand; ``label`` for errors.
+    ``max_share`` in [0, 1] caps each winner's share of total demand; ``backup`` asks for N-1
+    security: if any one winner fails, the others' capacity still covers the whole demand (each
+    province then has a backup with room to take it over); ``label`` for errors.
     """
 
     bid: np.ndarray
@@ -366,6 +370,7 @@ class PlannerProblem:
     min_suppliers: int = 1
     max_share: float = 1.0
     label: str = ""
+    backup: bool = False
 
     def __post_init__(self) -> None:
         _coerce(self, ("bid", "demand", "capacity"))
@@ -406,6 +411,10 @@ def _planner_infeasibility(problem: PlannerProblem) -> str | None:
     top = np.sort(problem.bound()[problem.eligible])[::-1][:most].sum()
     if not _within_capacity(np.array([problem.demand.sum()]), np.array([top]))[0]:
         return f"infeasible: the largest allowed winners can supply {top:g} < demand"
+    if problem.backup:
+        caps = np.sort(problem.capacity[problem.eligible])[::-1][:most]
+        if len(caps) < 2 or not _within_capacity(np.array([problem.demand.sum()]), np.array([caps[1:].sum()]))[0]:
+            return "infeasible: no set of winners keeps the demand covered when its largest member fails"
     return None
 
 
@@ -449,6 +458,13 @@ def build_planner_model(problem: PlannerProblem) -> tuple[pulp.LpProblem, dict, 
         if np.isfinite(bound[i]):
             model += (pulp.lpSum(float(problem.demand[p] / total) * x[i, p] for p in range(n_prov))
                       <= float(bound[i] / total) * (1.0 + _CAP_RTOL) * y[i], f"capacity_share_{i}")
+
+    # backup coverage (N-1): for every bidder j, sum_{i != j} capacity[i] y[i] >= total demand, so
+    # whichever winner fails, the others can take over all of its provinces
+    if problem.backup:
+        cap = {i: float(min(problem.capacity[i], 1e3 * total) / total) for i in bidders}
+        for j in bidders:
+            model += (pulp.lpSum(cap[i] * y[i] for i in bidders if i != j) >= 1.0, f"backup_{j}")
     return model, y, x
 
 
