@@ -12,6 +12,9 @@ replications. Figures:
   reps_per_min_1w  throughput with 1 worker process; reps_per_min_2w with 2
   scaling          time at 1x, 2x, 4x molecules and bidders per molecule, and the fitted exponent
                    of time against molecules x bidders
+  dynamics         national-history-dynamics (re-tenders, exit and entry, supply winner by winner):
+                   its median replication time and the ratio to replication_s
+  adaptive         national-history with adaptive (learning) bidders: replication time and ratio
   peak_rss_mb      peak resident memory of this process
 """
 
@@ -109,6 +112,13 @@ def main() -> None:
     x = np.log([p["bids"] for p in points])
     y = np.log([p["replication_s"] for p in points])
     res["scaling"] = {"points": points, "exponent": round(float(np.polyfit(x, y, 1)[0]), 3)}
+    for key, name, sets in (("dynamics", "national-history-dynamics", ()),
+                             ("adaptive", SCENARIO, ("agents.strategy=adaptive",))):
+        s = load_scenario(name, sets)
+        timed_reps(s, args.reps)  # warm-up: re-tenders need bid functions of their own
+        walls, _ = timed_reps(s, args.reps)
+        t = statistics.median(walls)
+        res[key] = {"replication_s": round(t, 4), "ratio": round(t / res["replication_s"], 2)}
     if args.planner:
         res["planner"] = measure(max(3, args.reps // 2), ("optimizer.mode=planner",))
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -142,6 +142,7 @@ def _result_json(result, rows, per_round) -> dict:
         "savings_path": [{k: _finite(v) for k, v in r.items()}
                          for r in metrics_savings(result)],
         "loro": calibrated_loro(),
+        "dynamics": dynamics_summary(result),
         "scenario": result.scenario.name,
         "scenario_sha256": result.scenario.digest(),
         "replications": result.replications,
@@ -153,11 +154,26 @@ def _result_json(result, rows, per_round) -> dict:
 
 
 def metrics_savings(result) -> list[dict]:
+    """The savings path beside the official statements, for scenarios holding the whole history."""
     from vbp import metrics
 
-    if result.scenario.name != HEADLINE:
+    history = {r.id for r in load_scenario(HEADLINE).rounds}
+    if not history <= {r.id for r in result.scenario.rounds}:
         return []
     return metrics.savings_checkpoints(result.frames["deliveries"])
+
+
+def dynamics_summary(result) -> dict | None:
+    """Market dynamics over the drug rounds (mean and 95% interval of each), when switched on."""
+    from vbp import metrics
+
+    sc = result.scenario
+    if sc.market.renewal != "retender" and not sc.dynamics.supply:
+        return None
+    drugs = [r.id for r in sc.rounds if r.category == "drug"]
+    dm = metrics.dynamics_metrics(result.frames, drugs)
+    return {col: {k: _finite(v) for k, v in metrics.summarize(dm[col]).items() if k != "n"}
+            for col in metrics.DYNAMICS_METRIC_COLUMNS}
 
 
 def calibrated_loro() -> list[dict]:
@@ -175,6 +191,8 @@ def _fmt(value, kind: str) -> str:
         return f"{100 * value:.1f}%"
     if kind == "bn":
         return f"¥{value:,.1f} bn"
+    if kind == "x3":
+        return f"{value:.3f}"
     return f"{value:,.1f}"
 
 
@@ -220,6 +238,18 @@ def _print_tables(result, rows, per_round) -> None:
             v.add_row(r["date"], r["scope"], _fmt(r["published"], "bn"), _fmt(r["mean"], "bn"),
                       f"{_fmt(r['ci_low'], 'bn')} – {_fmt(r['ci_high'], 'bn')}", f"{r['error_pct']:+.0f}%")
         console.print(v)
+    dyn = dynamics_summary(result)
+    if dyn:
+        from vbp.metrics import DYNAMICS_METRIC_COLUMNS
+
+        m = Table(title="market dynamics, drug rounds (mean and 95% interval over replications)")
+        for col in ("metric", "simulated mean", "95% interval", "meaning"):
+            m.add_column(col, justify="right" if col in ("simulated mean", "95% interval") else "left")
+        for name, s in dyn.items():
+            kind = "pct" if name.endswith(("share", "change", "unprocured")) else "x3" if "hhi" in name else "num"
+            m.add_row(name, _fmt(s["mean"], kind), f"{_fmt(s['ci_low'], kind)} – {_fmt(s['ci_high'], kind)}",
+                      DYNAMICS_METRIC_COLUMNS[name])
+        console.print(m)
     loro = calibrated_loro()
     if loro and result.scenario.name == HEADLINE:
         o = Table(title="validation: leave-one-round-out (refit without the round, predict its cut)")

@@ -73,7 +73,8 @@ def compare_designs(per_design: dict[str, pd.DataFrame]) -> pd.DataFrame:
     for name, df in per_design.items():
         if name == "rules":
             continue
-        both = rules[["price_ratio"]].join(df[["price_ratio"]], how="inner", rsuffix="_d")
+        both = rules[["price_ratio"]].merge(df[["price_ratio"]], left_index=True, right_index=True,
+                                            suffixes=("", "_d"))
         mean, lo, hi, n = paired_ci((both["price_ratio"] / both["price_ratio_d"] - 1.0).to_numpy())
         rows.append({"metric": "cost_of_rules", "design": name, "mean": mean, "ci_low": lo, "ci_high": hi,
                      "diff_mean": np.nan, "diff_ci_low": np.nan, "diff_ci_high": np.nan, "n": n})
@@ -83,7 +84,7 @@ def compare_designs(per_design: dict[str, pd.DataFrame]) -> pd.DataFrame:
             row = {"metric": m, "design": name, "mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
                    "diff_mean": np.nan, "diff_ci_low": np.nan, "diff_ci_high": np.nan, "n": s["n"]}
             if name != "rules":
-                both = rules[[m]].join(df[[m]], how="inner", rsuffix="_d")
+                both = rules[[m]].merge(df[[m]], left_index=True, right_index=True, suffixes=("", "_d"))
                 d, lo, hi, _ = paired_ci((both[f"{m}_d"] - both[m]).to_numpy())
                 row.update(diff_mean=d, diff_ci_low=lo, diff_ci_high=hi)
             rows.append(row)

@@ -24,7 +24,7 @@ from vbp import data
 __all__ = [
     "round_metrics", "headline_metrics", "cumulative_savings", "savings_path", "summarize",
     "Target", "targets", "compare", "round_targets", "savings_checkpoints", "ROUND_METRIC_COLUMNS",
-    "dynamics_metrics", "DYNAMICS_METRIC_COLUMNS", "renewal_prices",
+    "dynamics_metrics", "DYNAMICS_METRIC_COLUMNS", "renewal_prices", "bid_margins",
 ]
 
 
@@ -241,3 +241,18 @@ def dynamics_metrics(frames: dict[str, pd.DataFrame], rounds: list[str] | None =
     out["renewal_price_change"] = rp.groupby("rep")["price_change"].mean().reindex(reps)
     out["renewal_unprocured"] = (1.0 - g["procured"].mean()).reindex(reps)
     return out
+
+
+def bid_margins(bids: pd.DataFrame) -> pd.DataFrame:
+    """One row per (rep, round): how bidders priced. `margin_share` is the mean over valid bids of
+    (bid - reserve) / (ceiling - reserve), the share of the headroom above its lowest acceptable
+    price a bidder kept (0 = bid its reserve, 1 = bid the ceiling); `bid_to_ref` is the mean bid /
+    reference price; `winning_margin_share` the same share over winning bids."""
+    b = bids[np.isfinite(bids["bid"]) & (bids["bid"] <= bids["ceiling"]) & (bids["ceiling"] > bids["reserve"])]
+    b = b.assign(margin_share=(b["bid"] - b["reserve"]) / (b["ceiling"] - b["reserve"]),
+                 bid_to_ref=b["bid"] / b["ref_price"])
+    g = b.groupby(["rep", "round"], sort=False)
+    won = b[b["won"]].groupby(["rep", "round"], sort=False)
+    out = pd.DataFrame({"margin_share": g["margin_share"].mean(), "bid_to_ref": g["bid_to_ref"].mean(),
+                        "winning_margin_share": won["margin_share"].mean()})
+    return out.reset_index()

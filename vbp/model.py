@@ -495,7 +495,9 @@ class Simulation:
             cost=np.concatenate([u.cost[stay], new.cost]), reserve=np.concatenate([u.reserve[stay], new.reserve]),
             ref_price=np.concatenate([u.ref_price[stay], new.ref_price]),
             capacity=np.concatenate([u.capacity[stay], new.capacity]), demand_share=share)
-        rb = effective_rulebook(self.scenario.rulebook(rnd.rulebook), self.scenario.rules)
+        # at a re-tender only bids at or below the maximum valid price can win [A20, A21]
+        rb = dataclasses.replace(effective_rulebook(self.scenario.rulebook(rnd.rulebook), self.scenario.rules),
+                                 ceiling_is_cap=True)
         a = self._award_unit(rnd, rb, unit, rng, tender)
         a = self._allocate(rnd, dataclasses.replace(a, contract_years=d.renewal_years))
         self._learn(rnd, rb, a)
