@@ -208,6 +208,26 @@ def test_read_only_out_stops_before_simulating(tmp_path, monkeypatch):
     assert list(locked.iterdir()) == []
 
 
+def test_read_only_out_stops_before_simulating_even_as_root(tmp_path, monkeypatch):
+    """The same refusal when the file system itself says no (as a read-only mount does to root)."""
+    import errno
+    import pathlib
+
+    monkeypatch.setattr("vbp.experiment.run", _must_not_simulate)
+    real = pathlib.Path.write_text
+
+    def refuse(self, *args, **kwargs):
+        if self.name == ".vbp-write-test":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", refuse)
+    out = str(tmp_path / "results")
+    result = invoke("run", TINY, "-n", "1", "--quiet", "--out", out)
+    line = assert_one_line(result, 2, "--out", out)
+    assert os.strerror(errno.EROFS).lower() in line.lower()
+
+
 # --- a disk that fills up -------------------------------------------------------------------
 
 
