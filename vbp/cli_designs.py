@@ -44,12 +44,12 @@ def designs_command(scenario, replications, seed, workers, overrides, designs, a
     """
     from vbp.cli import _progress
     from vbp.designs import DESIGN_METRICS, run_designs
-    from vbp.output import atomic_write_text, prepare_out_dir, versions
+    from vbp.output import atomic_write_text, prepare_out_dir, versions, write_failure
 
     if out:
         prepare_out_dir(out)
     bar, update = _progress(quiet)
-    kwargs = dict(overrides=overrides, designs=designs or ("planner", "planner_secure"),
+    kwargs = dict(overrides=overrides, designs=tuple(dict.fromkeys(designs)) or ("planner", "planner_secure"),
                   replications=replications, seed=seed, workers=workers, progress=update)
     if bar:
         with bar:
@@ -58,12 +58,16 @@ def designs_command(scenario, replications, seed, workers, overrides, designs, a
         runs, table = run_designs(scenario, **kwargs)
     if out:
         path = Path(out)
-        atomic_write_text(path / "designs.csv", table.to_csv(index=False))
         manifest = {"kind": "designs", "scenario": scenario,
                     "scenario_sha256": {k: r.scenario.digest() for k, r in runs.items()},
                     "seed": seed, "replications": replications, "versions": versions(),
                     "metrics": {"cost_of_rules": "rules' drug price ratio / the design's - 1", **DESIGN_METRICS}}
-        atomic_write_text(path / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        for name, text in (("designs.csv", table.to_csv(index=False)),
+                           ("manifest.json", json.dumps(manifest, indent=2) + "\n")):
+            try:
+                atomic_write_text(path / name, text)
+            except OSError as exc:
+                raise write_failure(exc, path / name) from None
     if as_json:
         doc = {"scenario": scenario, "seed": seed, "replications": replications,
                "rows": json.loads(table.to_json(orient="records"))}

@@ -3,7 +3,7 @@
 The SimPy processes (vbp.process) decide when these happen; vbp.model keeps the state. Here:
 
 - `supply_month`: one month of deliveries, winner by winner. A supplying winner fails with a
-  monthly probability and stays down for a geometric number of months; its volume (and any volume
+  monthly probability and stays down for a (geometric) number of months drawn by the caller; its volume (and any volume
   above its capacity) goes first to the unit's other winners with spare capacity (the rulebooks'
   backup regions) after a lag, at a premium, and what they cannot take is a shortage.
 - `stays`: a firm stays in a molecule's market while its expected annual profit there covers
@@ -35,18 +35,18 @@ class SupplyMonth:
 
 
 def supply_month(unit_of: np.ndarray, volume: np.ndarray, capacity: np.ndarray, down: np.ndarray,
-                 n_units: int, rng: np.random.Generator, *, fail_prob: float, mean_months: float,
+                 n_units: int, uniform: np.ndarray, length: np.ndarray, *, fail_prob: float,
                  lag_share: float, capacity_binds: bool) -> SupplyMonth:
     """Deliveries of one month.
 
     `unit_of` (L,) unit index of each winner line; `volume` (L,) units due this month; `capacity`
-    (L,) units per month; `down` (L,) months of failure left at the start of the month. Exactly
-    two draws of size L are made every month, so the stream does not depend on outcomes.
+    (L,) units per month; `down` (L,) months of failure left at the start of the month;
+    `uniform` (L,) in [0, 1) and `length` (L,) >= 1: each line's draws for this month (a supplying
+    winner fails if its uniform is below `fail_prob`, for `length` months). The draws are made by
+    the caller, keyed by unit and bidder, so they do not depend on outcomes.
     """
     n = len(volume)
-    start = rng.random(n) < fail_prob
-    length = rng.geometric(1.0 / mean_months, size=n)
-    fail_now = (down == 0) & start
+    fail_now = (down == 0) & (np.asarray(uniform) < fail_prob)
     down = np.where(fail_now, length, down)
     up = down == 0
     cap = capacity if capacity_binds else np.full(n, 1e30)

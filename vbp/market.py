@@ -198,10 +198,12 @@ class Entrants:
 
 
 def entrants(u: Unit, k: int, pool: FirmPool, agents: AgentParams, category: str,
-             rng: np.random.Generator) -> Entrants:
-    """k entrants into unit u: pool firms not yet in it (by size), costs from the category's
-    distribution, capacity drawn as for the first bidders; they list at the unit's reference price."""
-    candidates = np.setdiff1d(np.arange(len(pool.size)), u.firm)
+             rng: np.random.Generator, exclude: np.ndarray | None = None) -> Entrants:
+    """k entrants into unit u: pool firms not in it and not in `exclude` (by size), costs from the
+    category's distribution, capacity drawn as for the first bidders; they list at the unit's
+    reference price."""
+    barred = u.firm if exclude is None else np.union1d(u.firm, exclude)
+    candidates = np.setdiff1d(np.arange(len(pool.size)), barred)
     k = min(k, len(candidates))
     p = pool.size[candidates] / pool.size[candidates].sum() if k else None
     firm = rng.choice(candidates, size=k, replace=False, p=p) if k else np.zeros(0, dtype=int)

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -78,6 +79,7 @@ class AwardedUnit:
     provinces_won: np.ndarray | None = None  # (n,) provinces each winner supplies (drugs)
     method: str = "none"  # how the volume was allocated: trivial | assignment | milp | planner | brand | none
     objective: float = float("nan")  # allocation cost, yuan
+    left: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=int))  # firms that left
 
 
 @dataclass
@@ -85,7 +87,9 @@ class ContractBook:
     """One round's procured units under contract: the current award of each, its term, its supply.
 
     Months count from the round's supply start. Without supply dynamics a unit's monthly purchases
-    are aggregated; with them, deliveries are worked out winner line by winner line.
+    are aggregated; with them, deliveries are worked out winner line by winner line, and each
+    unit's failure draws for a term come from a stream keyed by the unit and the term, indexed by
+    bidder, so scenarios that share a unit's bidders share its winners' failures.
     """
 
     awarded: list[AwardedUnit]  # (U,) current award of each procured unit
@@ -93,8 +97,15 @@ class ContractBook:
     active: np.ndarray  # (U,) bool: under contract
     tender: np.ndarray  # (U,) re-tenders so far
     ratio: float  # purchases per month / agreed annual volume (completion ratio / 12)
-    down: np.ndarray | None = None  # (L,) months of failure left per winner line (supply dynamics)
-    rng: np.random.Generator | None = None  # the round's supply stream (supply dynamics)
+    # supply dynamics: draw(k, term) -> (uniforms, failure lengths), each (months of the term, bidders)
+    draw: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None = None
+
+    def __post_init__(self) -> None:
+        self.monthly = np.array([self._monthly(a) for a in self.awarded]).reshape(-1, 3)
+        self.start_month = self.end_month - np.array([12 * a.contract_years for a in self.awarded], dtype=int)
+        self.term = np.zeros(len(self.awarded), dtype=int)  # terms ended so far (extensions and re-tenders)
+        self._lines: tuple[np.ndarray, ...] | None = None
+        self.down = np.zeros(0, dtype=int)  # (L,) months of failure left per winner line
 
     def expiring(self, month: int) -> np.ndarray:
         """Indices of the units whose term ends at the start of this month of supply."""
@@ -102,35 +113,33 @@ class ContractBook:
             return np.zeros(0, dtype=int)
         return np.flatnonzero(self.active & (self.end_month == month))
 
-    def __post_init__(self) -> None:
-        self.monthly = np.array([self._monthly(a) for a in self.awarded]).reshape(-1, 3)
-        self._lines: tuple[np.ndarray, ...] | None = None
-
     def _monthly(self, a: AwardedUnit) -> tuple[float, float, float]:
         return (self.ratio * a.agreed.sum(), self.ratio * np.nansum(a.award.price * a.agreed),
                 self.ratio * np.sum(a.unit.ref_price * a.agreed))
+
+    def extend(self, k: int) -> None:
+        """Run unit k for another term at its price."""
+        self._new_term(k, self.end_month[k] + 12 * self.awarded[k].contract_years, True)
 
     def replace(self, k: int, a: AwardedUnit, end_month: int) -> None:
         """Put unit k under a new award (a re-tender) until `end_month`."""
         self.awarded[k] = a
         self.monthly[k] = self._monthly(a)
-        self.end_month[k] = end_month
         self.tender[k] += 1
-        self._relines(k, a.procured)
+        self._new_term(k, end_month, a.procured)
 
     def stop(self, k: int) -> None:
         """End unit k's contract."""
-        self._relines(k, False)
+        self._new_term(k, self.end_month[k], False)
 
-    def _relines(self, k: int, active: bool) -> None:
-        """Set unit k's status and rebuild the winner lines; other units' winners keep their failure
-        state, unit k's (new) winners start supplying."""
-        if self.down is None:
-            self.active[k] = active
-            self._lines = None
-            return
+    def _new_term(self, k: int, end_month: int, active: bool) -> None:
+        """Start unit k's next term and rebuild the winner lines: other units' winners keep their
+        failure state; unit k's winners start supplying with the new term's draws."""
         unit, bidder = self.lines()[:2]
         state = {(u, b): d for u, b, d in zip(unit.tolist(), bidder.tolist(), self.down.tolist()) if u != k}
+        self.start_month[k] = self.end_month[k]
+        self.end_month[k] = end_month
+        self.term[k] += 1
         self.active[k] = active
         self._lines = None
         unit, bidder = self.lines()[:2]
@@ -143,19 +152,40 @@ class ContractBook:
 
     def lines(self) -> tuple[np.ndarray, ...]:
         """Winner lines of the active units, in unit order: (unit index, bidder, monthly units, price,
-        reference price, monthly capacity), each (L,). Cached until a re-tender changes them."""
+        reference price, monthly capacity), each (L,). Cached until a new term changes them.
+
+        Capacity is on the scale of reported demand, as agreed volumes are; purchases run at
+        `completion_ratio` x agreed, so a month's capacity is capacity x the same ratio / 12.
+        """
         if self._lines is None:
             cols: list[list] = [[np.zeros(0, dtype=int)], [np.zeros(0, dtype=int)]] + [[np.zeros(0)] for _ in range(4)]
+            draws: list[tuple[np.ndarray, np.ndarray]] = []
             for k, (a, on) in enumerate(zip(self.awarded, self.active)):
                 if not on:
                     continue
                 won = np.flatnonzero(a.award.won & (a.agreed > 0))
                 for col, values in zip(cols, (np.full(len(won), k), won, self.ratio * a.agreed[won],
                                               a.award.price[won], a.unit.ref_price[won],
-                                              a.unit.capacity[won] / 12.0)):
+                                              self.ratio * a.unit.capacity[won])):
                     col.append(values)
+                if self.draw is not None:
+                    u, length = self.draw(k, int(self.term[k]))
+                    draws += [(u[:, b], length[:, b]) for b in won]
             self._lines = tuple(np.concatenate(c) for c in cols)
+            months = max((len(d[0]) for d in draws), default=1)
+            self._fail = np.ones((len(draws), months))
+            self._length = np.ones((len(draws), months), dtype=int)
+            for i, (u, length) in enumerate(draws):
+                self._fail[i, : len(u)] = u
+                self._length[i, : len(u)] = length
         return self._lines
+
+    def month_draws(self, month: int) -> tuple[np.ndarray, np.ndarray]:
+        """(L,) uniforms and failure lengths of each winner line for this month of supply."""
+        unit = self.lines()[0]
+        idx = np.clip(month - self.start_month[unit], 0, self._fail.shape[1] - 1)
+        rows = np.arange(len(unit))
+        return self._fail[rows, idx], self._length[rows, idx]
 
 
 class Simulation:
@@ -241,7 +271,11 @@ class Simulation:
         # originators count the brand margin they give up: their reserve is their cost
         pay = learning.foregone_payoffs(fn, a.bids / u.norm_price, u.reserve / u.norm_price,
                                         u.reserve / u.norm_price, cap, self.learner.theta)
-        self.learner.update(u.firm, rnd.category, pay)
+        # one update per firm and award: a firm's products in the unit pool their payoffs
+        firms, inv = np.unique(u.firm, return_inverse=True)
+        pooled = np.zeros((len(firms), pay.shape[1]))
+        np.add.at(pooled, inv, pay)
+        self.learner.update(firms, rnd.category, pooled)
 
     def _tender_row(self, rnd: Round, a: AwardedUnit, tender: int, day: float, exits: int = 0,
                     entrants: int = 0) -> TenderRow:
@@ -327,13 +361,13 @@ class Simulation:
         problem = wdp.PlannerProblem(
             bid=np.where(valid, bids, 0.0), eligible=valid, demand=demand,
             capacity=u.capacity, logistics=self._logistics(u, np.arange(u.n)), max_winners=n_valid,
-            min_suppliers=min(opt.min_suppliers, n_valid), label=u.label,
+            min_suppliers=min(opt.min_suppliers, n_valid), label=f"round {rnd.id}, molecule {u.label}",
             max_share=max(opt.max_share, 1.0 / n_valid),
             backup=opt.backup_coverage and n_valid >= 2 and caps[1:].sum() >= demand.sum())
         try:
             won, alloc = wdp.plan(problem, time_limit=opt.time_limit)
         except wdp.AllocationError as exc:
-            raise SimulationError(f"round {rnd.id}, {u.label}: {exc}") from None
+            raise SimulationError(str(exc)) from None
         self.solve_s += alloc.solve_s
         agreed = np.zeros(u.n)
         agreed[won] = alloc.volume
@@ -439,9 +473,21 @@ class Simulation:
                             np.ones(len(done), dtype=bool), np.zeros(len(done), dtype=int),
                             self.scenario.market.completion_ratio / 12.0)
         if self.scenario.dynamics.supply:
+            book.draw = partial(self._supply_draws, book)
             book.down = np.zeros(len(book.lines()[0]), dtype=int)
-            book.rng = rng_for(self.seed, self.rep, "supply", rnd.id)
         return book
+
+    def _supply_draws(self, book: ContractBook, k: int, term: int) -> tuple[np.ndarray, np.ndarray]:
+        """Unit k's failure draws for one term: uniforms and geometric lengths, (months, bidders),
+        from `supply` streams keyed by the unit and the term, so a given bidder's month-m draws do
+        not depend on who else won or on the term's length."""
+        a = book.awarded[k]
+        key = f"{a.unit.label}#{term}"
+        shape = (12 * a.contract_years, a.unit.n)  # row-major: a longer term only appends months
+        uniform = rng_for(self.seed, self.rep, "supply", key).random(shape)
+        length = rng_for(self.seed, self.rep, "supply", key + "/length").geometric(
+            1.0 / self.scenario.dynamics.failure_months, size=shape)
+        return uniform, length
 
     def expire(self, rnd: Round, book: ContractBook, month: int, day: float) -> None:
         """Contracts whose term ends this month: extended at their price, stopped, or re-tendered."""
@@ -451,7 +497,7 @@ class Simulation:
         policy = self.scenario.market.renewal
         if policy == "extend":
             for k in ending:
-                book.end_month[k] += 12 * book.awarded[k].contract_years
+                book.extend(k)
             self.log(day, "renewal", rnd.id, f"{len(ending)} unit(s) extended at their price")
         elif policy == "none":
             for k in ending:
@@ -480,8 +526,9 @@ class Simulation:
                                         d.loser_price_cap)
         stay = dynamics.stays(np.where(won, contract, outside), u.norm_price * u.demand / max(u.n, 1),
                               d.outside_option)
+        left = np.union1d(prev.left, u.firm[~stay])  # firms that left do not come back as entrants
         new = entrants(u, int(rng.poisson(d.entry_rate * prev.contract_years)), self.pool, self.scenario.agents,
-                       rnd.category, rng)
+                       rnd.category, rng, exclude=left)
         share = None
         if u.demand_share is not None:
             kept = u.demand_share[stay]
@@ -499,7 +546,7 @@ class Simulation:
         rb = dataclasses.replace(effective_rulebook(self.scenario.rulebook(rnd.rulebook), self.scenario.rules),
                                  ceiling_is_cap=True)
         a = self._award_unit(rnd, rb, unit, rng, tender)
-        a = self._allocate(rnd, dataclasses.replace(a, contract_years=d.renewal_years))
+        a = self._allocate(rnd, dataclasses.replace(a, contract_years=d.renewal_years, left=left))
         self._learn(rnd, rb, a)
         self.record.tenders.append(self._tender_row(rnd, a, tender, day, int((~stay).sum()), new.n))
         return a
@@ -508,15 +555,16 @@ class Simulation:
         """One month of purchases; with supply dynamics, winner by winner with failures and backups."""
         d = self.scenario.dynamics
         date = self.date(day).isoformat()
-        if book.down is None:
+        if book.draw is None:
             units, spend, ref, n = book.totals()
             self.record.deliveries.append(DeliveryRow(self.rep, rnd.id, date, units, spend, ref, ref - spend, n))
             return
         unit_of, _, volume, price, ref_price, capacity = book.lines()
         days = self.next_month_day(day) - day
-        sm = dynamics.supply_month(unit_of, volume, capacity, book.down, len(book.awarded), book.rng,
-                                   fail_prob=d.failure_prob, mean_months=d.failure_months,
-                                   lag_share=min(1.0, d.backup_lag_days / days), capacity_binds=d.capacity_binds)
+        uniform, length = book.month_draws(month)
+        sm = dynamics.supply_month(unit_of, volume, capacity, book.down, len(book.awarded), uniform, length,
+                                   fail_prob=d.failure_prob, lag_share=min(1.0, d.backup_lag_days / days),
+                                   capacity_binds=d.capacity_binds)
         book.down = sm.down
         delivered = sm.own + sm.backup
         spend = float(np.sum(price * sm.own) + np.sum(price * (1.0 + d.backup_premium) * sm.backup))

@@ -170,7 +170,7 @@ class DynamicsParams(_Frozen):
         0.0, ge=0, le=10, description="annual profit a firm needs to stay in a molecule's market, as a share "
                                       "of its pre-VBP fair-share revenue (market value / bidders); 0 = no exit")
     loser_access: float = Field(
-        0.3, ge=0, le=1, description="share of the demand outside the agreed volume that losers still sell")
+        0.3, ge=0, le=1, description="share of reported demand non-winners still sell (retail, private, non-agreed)")
     loser_price_cap: float = Field(
         1.5, ge=1, le=100, description="losers' price cap as a multiple of the highest winning price")
     entry_rate: float = Field(0.0, ge=0, le=50,
