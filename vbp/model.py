@@ -105,6 +105,9 @@ class ContractBook:
         self.start_month = self.end_month - np.array([12 * a.contract_years for a in self.awarded], dtype=int)
         self.term = np.zeros(len(self.awarded), dtype=int)  # terms ended so far (extensions and re-tenders)
         self._lines: tuple[np.ndarray, ...] | None = None
+        self._draws: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (unit, term) -> draws
+        self._state: dict[tuple[int, int], int] = {}  # failure state by (unit, bidder) across a rebuild
+        self._fresh: set[int] = set()  # units whose winners start a new term at the rebuild
         self.down = np.zeros(0, dtype=int)  # (L,) months of failure left per winner line
 
     def expiring(self, month: int) -> np.ndarray:
@@ -133,17 +136,18 @@ class ContractBook:
         self._new_term(k, self.end_month[k], False)
 
     def _new_term(self, k: int, end_month: int, active: bool) -> None:
-        """Start unit k's next term and rebuild the winner lines: other units' winners keep their
-        failure state; unit k's winners start supplying with the new term's draws."""
-        unit, bidder = self.lines()[:2]
-        state = {(u, b): d for u, b, d in zip(unit.tolist(), bidder.tolist(), self.down.tolist()) if u != k}
-        self.start_month[k] = self.end_month[k]
-        self.end_month[k] = end_month
+        """Start unit k's next term. The winner lines are rebuilt when next needed (once for all
+        the units whose terms change in a month): other units' winners keep their failure state,
+        unit k's winners start supplying with the new term's draws."""
+        if self._lines is not None and len(self.down) == len(self._lines[0]):  # keep failure state by line
+            unit, bidder = self._lines[:2]
+            self._state = dict(zip(zip(unit.tolist(), bidder.tolist()), self.down.tolist()))
+            self._fresh = set()
+        self._fresh.add(k)
+        self.start_month[k], self.end_month[k] = self.end_month[k], end_month
         self.term[k] += 1
         self.active[k] = active
         self._lines = None
-        unit, bidder = self.lines()[:2]
-        self.down = np.array([state.get(key, 0) for key in zip(unit.tolist(), bidder.tolist())], dtype=int)
 
     def totals(self) -> tuple[float, float, float, int]:
         """Aggregate monthly (units, spend, spend at reference prices, active units)."""
@@ -169,7 +173,11 @@ class ContractBook:
                                               self.ratio * a.unit.capacity[won])):
                     col.append(values)
                 if self.draw is not None:
-                    u, length = self.draw(k, int(self.term[k]))
+                    key = (k, int(self.term[k]))
+                    if key not in self._draws:
+                        self._draws = {q: v for q, v in self._draws.items() if q[0] != k}  # older terms
+                        self._draws[key] = self.draw(*key)
+                    u, length = self._draws[key]
                     draws += [(u[:, b], length[:, b]) for b in won]
             self._lines = tuple(np.concatenate(c) for c in cols)
             months = max((len(d[0]) for d in draws), default=1)
@@ -178,6 +186,11 @@ class ContractBook:
             for i, (u, length) in enumerate(draws):
                 self._fail[i, : len(u)] = u
                 self._length[i, : len(u)] = length
+            if self.draw is not None or self._state or self._fresh:
+                unit, bidder = self._lines[:2]
+                self.down = np.array([0 if k in self._fresh else self._state.get((k, b), 0)
+                                      for k, b in zip(unit.tolist(), bidder.tolist())], dtype=int)
+                self._state, self._fresh = {}, set()
         return self._lines
 
     def month_draws(self, month: int) -> tuple[np.ndarray, np.ndarray]:
