@@ -761,3 +761,14 @@ def test_firms_that_left_a_market_do_not_come_back(files):
         assert not newcomers & set(first.left.tolist())
         left_total += len(first.left)
     assert left_total > 0
+
+
+def test_designs_refuses_to_override_what_the_designs_set_and_scenarios_without_drugs(files, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["designs", str(files["batch2"]), "-n", "1", "--quiet",
+                            "--set", "optimizer.mode=planner"])
+    assert r.exit_code == 2 and "optimizer.mode" in r.output and "Traceback" not in r.output
+    stents = tmp_path / "stents.toml"
+    stents.write_text('name = "s"\nend = "2022-12-31"\nrounds = ["stents"]\n')
+    r = runner.invoke(cli, ["designs", str(stents), "-n", "1", "--quiet"])
+    assert r.exit_code == 2 and "no drug round" in r.output and "Traceback" not in r.output

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from vbp.counterfactual import paired_ci
+from vbp.errors import InputError
 from vbp.experiment import RunResult, run
 from vbp.metrics import dynamics_metrics, summarize
 from vbp.scenario import load_scenario
@@ -32,6 +33,8 @@ DESIGNS: dict[str, tuple[str, ...]] = {
     "planner_secure": ("optimizer.mode=planner", "optimizer.min_suppliers=2", "optimizer.max_share=0.7",
                        "optimizer.backup_coverage=true"),
 }
+
+_DESIGN_PATHS = {o.split("=", 1)[0] for sets in DESIGNS.values() for o in sets}
 
 DESIGN_METRICS = {
     "price_ratio": "drug spend at award prices / the same agreed volume at reference prices",
@@ -97,7 +100,15 @@ def run_designs(scenario_ref: str, *, overrides: Sequence[str] = (), designs: Se
                 ) -> tuple[dict[str, RunResult], pd.DataFrame]:
     """Run the scenario under each design (DESIGNS; "rules" always) with the same seed; return the
     runs and the comparison table."""
-    names = ["rules", *(d for d in designs if d != "rules")]
+    fixed = [o for o in overrides if o.split("=", 1)[0].strip() in _DESIGN_PATHS]
+    if fixed:
+        raise InputError(f"{fixed[0]!r}: each design sets {fixed[0].split('=', 1)[0].strip()} itself "
+                         "(rules, planner, planner_secure); drop it from --set", field="--set", value=fixed[0])
+    names = ["rules", *dict.fromkeys(d for d in designs if d != "rules")]
+    base = load_scenario(scenario_ref, list(overrides))
+    if not any(r.category == "drug" for r in base.rounds):
+        raise InputError("has no drug round: the planner designs apply to drug molecules only",
+                         file=scenario_ref, field="rounds")
     total = len(names) * replications
     runs: dict[str, RunResult] = {}
     for i, name in enumerate(names):
