@@ -631,8 +631,13 @@ def _print_summary(result: SweepResult) -> None:
 
     console = Console(width=120)
     for name, df in result.tables.items():
-        shown = df[df["metric"].isin(HEADLINE) | df["metric"].str.startswith("avg_cut.")]
-        t = Table(title=f"{name}: headline and per-round cuts (all metrics in {name}.csv)")
+        # the market-dynamics metrics are shown where the sweep switched them on (not all zero)
+        dyn = df["metric"].isin(DYNAMICS)
+        active = df.loc[dyn].select_dtypes("number").fillna(0).abs().sum(axis=1) > 0
+        dyn &= active.reindex(df.index, fill_value=False)
+        shown = df[df["metric"].isin(HEADLINE) | dyn | df["metric"].str.startswith("avg_cut.")]
+        t = Table(title=f"{name}: headline{', market dynamics' if dyn.any() else ''} and per-round cuts "
+                        f"(all metrics in {name}.csv)")
         for col in shown.columns:
             t.add_column(col, justify="left" if col in ("metric", "variant", "parameter") else "right")
         for row in shown.itertuples(index=False):
