@@ -286,8 +286,11 @@ def _awarded(k: int, n: int, won) -> AwardedUnit:
 
 
 def test_a_retender_keeps_the_other_units_failures():
+    def draw(k, term):  # supply on: the book keeps each winner's failure state
+        return np.ones((12, 3)), np.ones((12, 3), dtype=int)
+
     book = ContractBook([_awarded(0, 3, [1, 1, 0]), _awarded(1, 2, [1, 1])], np.array([12, 24]),
-                        np.ones(2, bool), np.zeros(2, int), 1.0 / 12)
+                        np.ones(2, bool), np.zeros(2, int), 1.0 / 12, draw)
     unit, bidder, volume, _, _, capacity = book.lines()
     np.testing.assert_array_equal(unit, [0, 0, 1, 1])
     np.testing.assert_array_equal(bidder, [0, 1, 0, 1])

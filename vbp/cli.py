@@ -132,17 +132,22 @@ def _finite(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
-def _result_json(result, rows, per_round) -> dict:
+def _validation(result) -> dict:
+    """The checks beside the tables, computed once per command: savings path, leave-one-round-out,
+    market dynamics."""
+    return {"savings_path": metrics_savings(result), "loro": calibrated_loro(), "dynamics": dynamics_summary(result)}
+
+
+def _result_json(result, rows, per_round, checks: dict) -> dict:
     return {
         "targets": [{k: _finite(r[k]) for k in ("name", "published", "mean", "ci_low", "ci_high",
                                                  "tolerance", "ok")} for r in rows],
         "rounds": [{"round": r["round"], "published": r["published_avg_cut"], "mean": _finite(r["avg_cut"]),
                     "ci_low": _finite(r["avg_cut_ci"][0]), "ci_high": _finite(r["avg_cut_ci"][1])}
                    for r in per_round],
-        "savings_path": [{k: _finite(v) for k, v in r.items()}
-                         for r in metrics_savings(result)],
-        "loro": calibrated_loro(),
-        "dynamics": dynamics_summary(result),
+        "savings_path": [{k: _finite(v) for k, v in r.items()} for r in checks["savings_path"]],
+        "loro": checks["loro"],
+        "dynamics": checks["dynamics"],
         "scenario": result.scenario.name,
         "scenario_sha256": result.scenario.digest(),
         "replications": result.replications,
@@ -196,7 +201,7 @@ def _fmt(value, kind: str) -> str:
     return f"{value:,.1f}"
 
 
-def _print_tables(result, rows, per_round) -> None:
+def _print_tables(result, rows, per_round, checks: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -229,7 +234,7 @@ def _print_tables(result, rows, per_round) -> None:
                   pair(r["annual_savings_bn"], r["published_annual_savings_bn"], "bn"),
                   pair(r["max_cut"], r["published_max_cut"], "pct"))
     console.print(d)
-    path = metrics_savings(result)
+    path = checks["savings_path"]
     if path:
         v = Table(title="validation: realised cumulative savings (not a calibration moment)")
         for col in ("date", "scope", "published", "simulated mean", "95% interval", "error"):
@@ -238,7 +243,7 @@ def _print_tables(result, rows, per_round) -> None:
             v.add_row(r["date"], r["scope"], _fmt(r["published"], "bn"), _fmt(r["mean"], "bn"),
                       f"{_fmt(r['ci_low'], 'bn')} – {_fmt(r['ci_high'], 'bn')}", f"{r['error_pct']:+.0f}%")
         console.print(v)
-    dyn = dynamics_summary(result)
+    dyn = checks["dynamics"]
     if dyn:
         from vbp.metrics import DYNAMICS_METRIC_COLUMNS
 
@@ -250,7 +255,7 @@ def _print_tables(result, rows, per_round) -> None:
             m.add_row(name, _fmt(s["mean"], kind), f"{_fmt(s['ci_low'], kind)} – {_fmt(s['ci_high'], kind)}",
                       DYNAMICS_METRIC_COLUMNS[name])
         console.print(m)
-    loro = calibrated_loro()
+    loro = checks["loro"]
     if loro and result.scenario.name == HEADLINE:
         o = Table(title="validation: leave-one-round-out (refit without the round, predict its cut)")
         for col in ("round", "published", "predicted", "error"):
@@ -270,7 +275,8 @@ def _report(result, as_json: bool, out: str | None, kind: str) -> None:
     from vbp.output import PARTS, prepare_out_dir, write_run
 
     rows, per_round = metrics.compare(result.frames)
-    doc = _result_json(result, rows, per_round)
+    checks = _validation(result)
+    doc = _result_json(result, rows, per_round, checks)
     if out:
         rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])
         head = metrics.headline_metrics(result.frames).reset_index()
@@ -285,7 +291,7 @@ def _report(result, as_json: bool, out: str | None, kind: str) -> None:
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
-        _print_tables(result, rows, per_round)
+        _print_tables(result, rows, per_round, checks)
         if out:
             reused = f" ({result.reused} saved replications reused)" if result.reused else ""
             click.echo(f"wrote {out}{reused}")

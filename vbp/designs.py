@@ -112,7 +112,7 @@ def run_designs(scenario_ref: str, *, overrides: Sequence[str] = (), designs: Se
     total = len(names) * replications
     runs: dict[str, RunResult] = {}
     for i, name in enumerate(names):
-        scenario = load_scenario(scenario_ref, [*overrides, *DESIGNS[name]])
+        scenario = base if name == "rules" else load_scenario(scenario_ref, [*overrides, *DESIGNS[name]])
         step = None if progress is None else (lambda done, _n, off=i * replications: progress(off + done, total))
         runs[name] = run(scenario, replications=replications, seed=seed, workers=workers, progress=step)
     drugs = [r.id for r in runs["rules"].scenario.rounds if r.category == "drug"]

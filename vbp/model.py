@@ -139,11 +139,12 @@ class ContractBook:
         """Start unit k's next term. The winner lines are rebuilt when next needed (once for all
         the units whose terms change in a month): other units' winners keep their failure state,
         unit k's winners start supplying with the new term's draws."""
-        if self._lines is not None and len(self.down) == len(self._lines[0]):  # keep failure state by line
-            unit, bidder = self._lines[:2]
-            self._state = dict(zip(zip(unit.tolist(), bidder.tolist()), self.down.tolist()))
-            self._fresh = set()
-        self._fresh.add(k)
+        if self.draw is not None:  # supply dynamics: keep the failure state by (unit, bidder)
+            if self._lines is not None:
+                unit, bidder = self._lines[:2]
+                self._state = dict(zip(zip(unit.tolist(), bidder.tolist()), self.down.tolist()))
+                self._fresh = set()
+            self._fresh.add(k)
         self.start_month[k], self.end_month[k] = self.end_month[k], end_month
         self.term[k] += 1
         self.active[k] = active
@@ -163,7 +164,7 @@ class ContractBook:
         """
         if self._lines is None:
             cols: list[list] = [[np.zeros(0, dtype=int)], [np.zeros(0, dtype=int)]] + [[np.zeros(0)] for _ in range(4)]
-            draws: list[tuple[np.ndarray, np.ndarray]] = []
+            draws: list[tuple[np.ndarray, np.ndarray]] = []  # per line: (uniforms, lengths) over the term
             for k, (a, on) in enumerate(zip(self.awarded, self.active)):
                 if not on:
                     continue
@@ -180,13 +181,13 @@ class ContractBook:
                     u, length = self._draws[key]
                     draws += [(u[:, b], length[:, b]) for b in won]
             self._lines = tuple(np.concatenate(c) for c in cols)
-            months = max((len(d[0]) for d in draws), default=1)
-            self._fail = np.ones((len(draws), months))
-            self._length = np.ones((len(draws), months), dtype=int)
-            for i, (u, length) in enumerate(draws):
-                self._fail[i, : len(u)] = u
-                self._length[i, : len(u)] = length
-            if self.draw is not None or self._state or self._fresh:
+            if self.draw is not None:
+                months = max((len(d[0]) for d in draws), default=1)
+                self._fail = np.ones((len(draws), months))
+                self._length = np.ones((len(draws), months), dtype=int)
+                for i, (u, length) in enumerate(draws):
+                    self._fail[i, : len(u)] = u
+                    self._length[i, : len(u)] = length
                 unit, bidder = self._lines[:2]
                 self.down = np.array([0 if k in self._fresh else self._state.get((k, b), 0)
                                       for k, b in zip(unit.tolist(), bidder.tolist())], dtype=int)
@@ -370,13 +371,12 @@ class Simulation:
         # where the valid bids cannot meet them (one bidder cannot be held to a share below 1)
         share = rules.volume_share_for(rb, rules.max_winners_for(rb, n_valid))
         demand = u.province_demand * share
-        caps = np.sort(np.minimum(u.capacity[valid], 1e3 * demand.sum()))[::-1]
         problem = wdp.PlannerProblem(
             bid=np.where(valid, bids, 0.0), eligible=valid, demand=demand,
             capacity=u.capacity, logistics=self._logistics(u, np.arange(u.n)), max_winners=n_valid,
             min_suppliers=min(opt.min_suppliers, n_valid), label=f"round {rnd.id}, molecule {u.label}",
             max_share=max(opt.max_share, 1.0 / n_valid),
-            backup=opt.backup_coverage and n_valid >= 2 and caps[1:].sum() >= demand.sum())
+            backup=opt.backup_coverage and wdp.backup_coverable(u.capacity[valid], float(demand.sum())))
         try:
             won, alloc = wdp.plan(problem, time_limit=opt.time_limit)
         except wdp.AllocationError as exc:
@@ -487,7 +487,6 @@ class Simulation:
                             self.scenario.market.completion_ratio / 12.0)
         if self.scenario.dynamics.supply:
             book.draw = partial(self._supply_draws, book)
-            book.down = np.zeros(len(book.lines()[0]), dtype=int)
         return book
 
     def _supply_draws(self, book: ContractBook, k: int, term: int) -> tuple[np.ndarray, np.ndarray]:
@@ -572,7 +571,7 @@ class Simulation:
             units, spend, ref, n = book.totals()
             self.record.deliveries.append(DeliveryRow(self.rep, rnd.id, date, units, spend, ref, ref - spend, n))
             return
-        unit_of, _, volume, price, ref_price, capacity = book.lines()
+        unit_of, _, volume, price, ref_price, capacity = book.lines()  # sets book.down on a rebuild
         days = self.next_month_day(day) - day
         uniform, length = book.month_draws(month)
         sm = dynamics.supply_month(unit_of, volume, capacity, book.down, len(book.awarded), uniform, length,

@@ -35,6 +35,7 @@ __all__ = [
     "solve_allocation_milp",
     "build_planner_model",
     "plan",
+    "backup_coverable",
 ]
 
 #: Relative slack allowed on capacity when checking a solution (absorbs float sums).
@@ -411,11 +412,16 @@ def _planner_infeasibility(problem: PlannerProblem) -> str | None:
     top = np.sort(problem.bound()[problem.eligible])[::-1][:most].sum()
     if not _within_capacity(np.array([problem.demand.sum()]), np.array([top]))[0]:
         return f"infeasible: the largest allowed winners can supply {top:g} < demand"
-    if problem.backup:
-        caps = np.sort(problem.capacity[problem.eligible])[::-1][:most]
-        if len(caps) < 2 or not _within_capacity(np.array([problem.demand.sum()]), np.array([caps[1:].sum()]))[0]:
-            return "infeasible: no set of winners keeps the demand covered when its largest member fails"
+    if problem.backup and not backup_coverable(problem.capacity[problem.eligible], problem.demand.sum(), most):
+        return "infeasible: no set of winners keeps the demand covered when its largest member fails"
     return None
+
+
+def backup_coverable(capacity: np.ndarray, demand: float, most: int | None = None) -> bool:
+    """Whether some set of at most `most` bidders keeps `demand` covered when any one of them fails
+    (N-1): the largest capacities but the top one must cover it."""
+    caps = np.sort(np.asarray(capacity, dtype=float))[::-1][:most]
+    return len(caps) >= 2 and bool(_within_capacity(np.array([demand]), np.array([caps[1:].sum()]))[0])
 
 
 def build_planner_model(problem: PlannerProblem) -> tuple[pulp.LpProblem, dict, dict]:
