@@ -20,6 +20,9 @@ def test_moments_exclude_savings_and_rounds_after_batch7():
     assert not any(n.startswith(("batch8", "batch9", "batch10", "batch11")) for n in names)
     b3 = {m.name: m for m in ms}["batch3.winner_share"]
     assert b3.published == pytest.approx(125 / 189)
+    # winners per molecule only where bidding products are published: batch 5 (355), not batches 2-4, 7
+    assert {m.name: m for m in ms}["batch5.winners_per_unit"].published == pytest.approx(251 / 61)
+    assert not {"batch2.winners_per_unit", "batch3.winners_per_unit", "batch7.winners_per_unit"} & names
 
 
 def test_quadratic_surrogate_is_exact_on_a_quadratic():
@@ -32,7 +35,7 @@ def test_quadratic_surrogate_is_exact_on_a_quadratic():
 
 def test_unit_scaling_round_trips():
     params = cal.GROUPS[0].params
-    x = np.array([0.2, 0.9, 0.3, 62.0])
+    x = np.array([0.2, 0.9, 0.3, 62.0, 0.7, 0.4])
     np.testing.assert_allclose(cal._from_unit(cal._to_unit(x, params), params), x)
 
 

@@ -78,6 +78,11 @@ def test_reproduce_json_contract():
     assert doc["version"] == __version__
     assert doc["wall_s"] >= 0
     assert doc["scenario"] == "national-history"
+    # the in-sample error of the drug rounds' cuts: the seven drug rounds, from the per-round table
+    mae = doc["drug_cut_mae"]
+    assert mae["rounds"] == sorted(["pilot", "expansion", "batch2", "batch3", "batch4", "batch5", "batch7"])
+    errors = [abs(r["mean"] - r["published"]) for r in doc["rounds"] if r["round"] in mae["rounds"]]
+    assert mae["mae"] == pytest.approx(sum(errors) / len(errors))
 
 
 def test_run_tiny_with_equilibrium_bidding():

@@ -3,10 +3,13 @@
 Few structural parameters are fitted to many published moments of the rounds up to batch 7:
 
 - drugs: `cost_median_drug`, `cost_sigma_drug` (how low generic costs go, which sets how deep the
-  competitive bids can fall and how many bidders reach the gates) and `originator_premium` (the
-  brand margin an originator gives up by winning, why originators bid high and mostly lose); fitted to
-  every drug round's average cut, maximum cut, winning products per molecule, share of bidding firms
-  that win and share of listed molecules procured;
+  competitive bids can fall and how many bidders reach the gates), `cost_tau_drug` (how much
+  molecules differ in cost relative to their reference price, which sets the deepest cuts),
+  `cost_firm_share_drug` (how much a firm's products share its efficiency, which sets how many firms
+  win something) and `originator_premium` (the brand margin an originator gives up by winning, why
+  originators bid high and mostly lose); fitted to every drug round's average cut, maximum cut,
+  share of bidding firms that win, winning products per molecule where bidding products are
+  published, and the pilot's share of listed molecules procured;
 - devices and insulin: one cost level each (`cost_median_stent`, `cost_median_joint`,
   `cost_median_insulin`), fitted to the round's average cut and its winner counts.
 
@@ -82,7 +85,11 @@ GROUPS = (
         Param("agents.originator_premium", 0.02, 1.0, "brand margin an originator forgoes by winning"),
         Param("rounds.pilot.bidding_products", 31, 124,
               "products bidding in the pilot: not published (1-4 per molecule), estimated", integer=True),
-    ), 32),
+        Param("agents.cost_tau_drug", 0.05, 1.5,
+              "molecules differ in how far their reference price sits above generic cost (sets maximum cuts)"),
+        Param("agents.cost_firm_share_drug", 0.02, 0.95,
+              "a firm's products share its efficiency, so its wins are correlated (sets the firm winner share)"),
+    ), 48),
     Group("stent", ("stents",), (Param("agents.cost_median_stent", 0.005, 0.2, "stent unit cost"),), 8),
     Group("joint", ("joints",), (
         Param("agents.cost_median_joint", 0.02, 0.5, "joint unit cost"),
@@ -92,9 +99,12 @@ GROUPS = (
     Group("insulin", ("insulin",), (Param("agents.cost_median_insulin", 0.05, 0.9, "insulin unit cost"),), 8),
 )
 
-# Weights: a moment's squared error is divided by its scale squared (cuts: 3 points; maximum cuts:
-# 5 points; winners per procured unit: 15%; winner and procured shares: 0.05).
-_SCALES = {"avg_cut": 0.03, "max_cut": 0.05, "winners_per_unit": None, "winner_share": 0.05,
+# Weights: a moment's squared error is divided by its scale squared, the scale reflecting how well
+# the moment is measured. Average cuts are official figures (H) to the point: 1.5 points, the
+# simulation error of a 4-replication mean. Maximum cuts are one molecule each (batch 2's is M):
+# 5 points. Winner and procured shares rest on disputed bidder counts (batch 4: 152 or 126 firms):
+# 0.05. Winners per procured unit: 15%.
+_SCALES = {"avg_cut": 0.015, "max_cut": 0.05, "winners_per_unit": None, "winner_share": 0.05,
            "procured_share": 0.05}
 
 
@@ -103,7 +113,11 @@ def moments_for(rounds: tuple[str, ...]) -> list[Moment]:
     from vbp.data import read_toml
 
     listed = {k: v["molecules"]["value"] for k, v in read_toml("rounds.toml")["rounds"].items()}
-    bidders = {k: v.get("bidding_firms", {}).get("value") for k, v in read_toml("rounds.toml")["rounds"].items()}
+    table = read_toml("rounds.toml")["rounds"]
+    bidders = {k: v.get("bidding_firms", {}).get("value") for k, v in table.items()}
+    # products counted only where published (H/M): elsewhere they come from an assumed products-per-firm
+    products = {k: v["bidding_products"]["value"] for k, v in table.items()
+                if v.get("bidding_products", {}).get("confidence") in ("H", "M")}
     out = []
     for rid in rounds:
         t = metrics.round_targets().get(rid, {})
@@ -113,7 +127,10 @@ def moments_for(rounds: tuple[str, ...]) -> list[Moment]:
             out.append(Moment(f"{rid}.max_cut", rid, "max_cut", t["max_cut"], _SCALES["max_cut"]))
         won = t.get("winning_products")
         units = t.get("products_won") if rid not in ("stents", "joints") else 1
-        if won and units and rid not in ("joints", "insulin"):  # insulin: all valid bids win; bidders are L
+        # Winners per unit only where the round's bidding products are published (or it is the
+        # pilot's single winner): elsewhere the count of bidders per molecule is an assumption
+        # (agents.products_per_firm), and the winner count would measure that, not costs.
+        if won and units and rid not in ("joints", "insulin") and (rid in products or rid in ("pilot", "stents")):
             per = won / units
             out.append(Moment(f"{rid}.winners_per_unit", rid, "winners_per_unit", per, 0.15 * per))
         if t.get("winning_firms") and bidders.get(rid) and rid != "insulin":  # insulin bidders are L
@@ -258,7 +275,9 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
     # stage 2: a local design around the stage-1 optimum (a quadratic is accurate locally)
     half = 0.2
     lo, hi = np.clip(u_mid - half, 0, 1), np.clip(u_mid + half, 0, 1)
-    local = lo + sob.random(max(8, group.design // 2)) * (hi - lo)
+    # more points than the quadratic has coefficients, or it interpolates and its R² means nothing
+    n_local = max(8, group.design // 2, _features(u[:1]).shape[1] + 8)
+    local = lo + sob.random(n_local) * (hi - lo)
     local = np.vstack([local, u_mid])
     y, coef, r2, starts = stage(local, "local")
     u = np.vstack([u, local])

@@ -138,8 +138,19 @@ def _validation(result) -> dict:
     return {"savings_path": metrics_savings(result), "loro": calibrated_loro(), "dynamics": dynamics_summary(result)}
 
 
+def drug_cut_mae(result, per_round) -> dict | None:
+    """In-sample mean absolute error of the drug rounds' average cuts (published ones only)."""
+    drugs = {r.id for r in result.scenario.rounds if r.category == "drug"}
+    errs = {r["round"]: r["avg_cut"] - r["published_avg_cut"] for r in per_round
+            if r["round"] in drugs and r["published_avg_cut"] is not None and math.isfinite(r["avg_cut"])}
+    if not errs:
+        return None
+    return {"rounds": sorted(errs), "mae": sum(abs(e) for e in errs.values()) / len(errs)}
+
+
 def _result_json(result, rows, per_round, checks: dict) -> dict:
     return {
+        "drug_cut_mae": drug_cut_mae(result, per_round),
         "targets": [{k: _finite(r[k]) for k in ("name", "published", "mean", "ci_low", "ci_high",
                                                  "tolerance", "ok")} for r in rows],
         "rounds": [{"round": r["round"], "published": r["published_avg_cut"], "mean": _finite(r["avg_cut"]),
@@ -219,6 +230,10 @@ def _print_tables(result, rows, per_round, checks: dict) -> None:
         t.add_row(f"avg cut: {r['round']}", _fmt(r["published_avg_cut"], "pct"), _fmt(r["avg_cut"], "pct"),
                   f"{_fmt(r['avg_cut_ci'][0], 'pct')} – {_fmt(r['avg_cut_ci'][1], 'pct')}", "", "")
     console.print(t)
+    mae = drug_cut_mae(result, per_round)
+    if mae:
+        console.print(f"drug rounds' average cuts, in sample: mean absolute error {100 * mae['mae']:.1f} pts "
+                      f"over {len(mae['rounds'])} rounds")
     d = Table(title="per round: winners and savings (simulated mean; published in brackets)")
     for col in ("round", "procured", "winning products", "winning firms", "winner share",
                 "annual savings", "max cut"):

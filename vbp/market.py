@@ -23,15 +23,18 @@ published outcomes are never used here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtr, ndtri
 
 from vbp.data import provinces
 from vbp.scenario import AgentParams, MarketParams, Round
 from vbp.strategies import CostDistribution
 
 __all__ = ["Unit", "FirmPool", "Entrants", "make_firm_pool", "generate_units", "cost_distribution", "entrants",
+           "with_cost_level", "firm_costs", "cost_level_z",
            "JOINT_INTENDED_SHARE"]
 
 # Joint intended volumes are 90% of hospitals' reported demand [A3,A4] (H); units hold the
@@ -45,6 +48,7 @@ class FirmPool:
 
     home: np.ndarray  # (F,) province index
     size: np.ndarray  # (F,) relative size, sums to 1
+    efficiency: np.ndarray | None = None  # (F,) standard-normal cost effect common to a firm's products
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class Unit:
     demand_share: np.ndarray | None  # (n,) brand-level share of demand (devices, insulin)
     province_idx: np.ndarray  # (P,) participating provinces
     province_demand: np.ndarray  # (P,) units per year
+    cost_scale: float = 1.0  # the unit's cost level: its bidders' costs are drawn from the category's
+    # distribution times this (known to them), as a fraction of the reference price
 
     @property
     def n(self) -> int:
@@ -77,7 +83,24 @@ def make_firm_pool(agents: AgentParams, rng: np.random.Generator) -> FirmPool:
     prov = provinces()
     home = rng.choice(len(prov.name), size=agents.firm_pool, p=prov.weights())
     size = rng.pareto(1.5, size=agents.firm_pool) + 1.0
-    return FirmPool(home=home, size=size / size.sum())
+    return FirmPool(home=home, size=size / size.sum(), efficiency=rng.standard_normal(agents.firm_pool))
+
+
+def cost_level_z(u: np.ndarray) -> np.ndarray:
+    """A molecule's standardised log cost level at uniforms u: the three-point Gauss-Hermite
+    approximation of a standard normal (-sqrt 3, 0, +sqrt 3 with probabilities 1/6, 2/3, 1/6).
+    Three levels rather than a continuum, because bidders solve their bid functions for the level
+    they face: a continuum would need a new equilibrium for nearly every molecule."""
+    return np.where(u < 1 / 6, -np.sqrt(3.0), np.where(u >= 5 / 6, np.sqrt(3.0), 0.0))
+
+
+def firm_costs(dist: CostDistribution, u: np.ndarray, firm: np.ndarray, pool: FirmPool, share: float) -> np.ndarray:
+    """Costs at uniforms `u` with `share` of their log-variance common to each firm (a Gaussian
+    copula, so every product's cost keeps the category's distribution; share 0 is plain inversion)."""
+    if share <= 0.0 or pool.efficiency is None:
+        return dist.ppf(u)
+    z = np.sqrt(share) * pool.efficiency[firm] + np.sqrt(1.0 - share) * ndtri(np.clip(u, 1e-12, 1 - 1e-12))
+    return dist.ppf(ndtr(z))
 
 
 def cost_distribution(agents: AgentParams, category: str, scale: float = 1.0) -> CostDistribution:
@@ -161,7 +184,7 @@ def _drug_units(rnd, agents, market, pool, rng) -> list[Unit]:
         orig = np.zeros(n, dtype=bool)
         if rng.random() < agents.originator_bid_prob:
             orig[0] = True
-        cost = dist.sample(rng, n) * ref[m]
+        cost = firm_costs(dist, rng.random(n), firm, pool, agents.cost_firm_share_drug) * ref[m]
         reserve = cost + orig * agents.originator_premium * ref[m]
         demand = values[m] / ref[m]
         idx, pdem = _province_split(rnd, demand)
@@ -172,7 +195,16 @@ def _drug_units(rnd, agents, market, pool, rng) -> list[Unit]:
             capacity=_capacity(agents, demand, n, rng), demand_share=None,
             province_idx=idx, province_demand=pdem,
         ))
-    return units
+    # Molecule cost levels, drawn last so that the draws above do not depend on cost_tau_drug.
+    level = np.exp(agents.cost_tau_drug * cost_level_z(rng.random(rnd.molecules)))
+    return [with_cost_level(u, float(s)) for u, s in zip(units, level)]
+
+
+def with_cost_level(u: Unit, level: float) -> Unit:
+    """Unit u with its bidders' costs moved to cost level `level` (reserves keep any brand margin)."""
+    ratio = level / u.cost_scale
+    cost = u.cost * ratio
+    return dataclasses.replace(u, cost=cost, reserve=u.reserve + (cost - u.cost), cost_scale=level)
 
 
 @dataclass(frozen=True)
@@ -207,7 +239,9 @@ def entrants(u: Unit, k: int, pool: FirmPool, agents: AgentParams, category: str
     k = min(k, len(candidates))
     p = pool.size[candidates] / pool.size[candidates].sum() if k else None
     firm = rng.choice(candidates, size=k, replace=False, p=p) if k else np.zeros(0, dtype=int)
-    cost = cost_distribution(agents, category).sample(rng, k) * u.norm_price
+    share = agents.cost_firm_share_drug if category == "drug" else 0.0
+    cost = firm_costs(cost_distribution(agents, category), rng.random(k), firm, pool, share) * u.norm_price \
+        * u.cost_scale
     return Entrants(firm=firm, cost=cost, capacity=_capacity(agents, u.demand, k, rng),
                     ref_price=np.full(k, u.norm_price))
 

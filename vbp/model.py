@@ -22,7 +22,7 @@ import simpy
 from vbp import dynamics, learning, rules, wdp
 from vbp.data import provinces
 from vbp.errors import SimulationError
-from vbp.market import FirmPool, Unit, cost_distribution, entrants, generate_units, make_firm_pool
+from vbp.market import FirmPool, Unit, cost_distribution, entrants, generate_units, make_firm_pool, with_cost_level
 from vbp.process import procurement_office
 from vbp.records import BidRow, DeliveryRow, EventRow, Replication, TenderRow, UnitRow
 from vbp.scenario import Round, RuleOverrides, Scenario
@@ -217,7 +217,8 @@ class Simulation:
                         if a.strategy == "adaptive" else None)
         self.strategy = None if self.learner else make_strategy(a.strategy, **_strategy_params(scenario))
         self.horizon = self.day(scenario.end) + 1.0
-        self.prices: dict[str, dict[int, float]] = {}  # round -> molecule index -> lowest winning price
+        self.prices: dict[str, dict[int, tuple[float, float]]] = {}  # round -> molecule index ->
+        # (lowest winning price / reference, cost level)
         self._distance = provinces().distance_km()
         self.solve_s = 0.0
 
@@ -250,10 +251,12 @@ class Simulation:
         units = generate_units(rnd, self.scenario.agents, self.scenario.market, self.pool, rng)
         if rnd.ceiling_from is not None:
             # The earlier round's procured molecules, in order, are this round's molecules: bids are
-            # capped at the earlier lowest winning price (carried as a fraction of the reference).
+            # capped at the earlier lowest winning price (carried as a fraction of the reference),
+            # and the molecule keeps its cost level.
             earlier = self.prices.get(rnd.ceiling_from, {})
             ratios = [earlier[k] for k in sorted(earlier)]
-            units = [dataclasses.replace(u, ceiling=min(u.ceiling, ratios[u.index] * u.norm_price))
+            units = [dataclasses.replace(with_cost_level(u, ratios[u.index][1]),
+                                         ceiling=min(u.ceiling, ratios[u.index][0] * u.norm_price))
                      if u.index < len(ratios) else u for u in units]
         return units
 
@@ -264,7 +267,7 @@ class Simulation:
         awarded = [self._award_unit(rnd, rb, u, ties) for u in units]
         if rb.kind == "single_winner":
             awarded = self._resolve_pre_awards(rb, awarded)
-        self.prices[rnd.id] = {a.unit.index: float(np.nanmin(a.award.price)) / a.unit.norm_price
+        self.prices[rnd.id] = {a.unit.index: (float(np.nanmin(a.award.price)) / a.unit.norm_price, a.unit.cost_scale)
                                for a in awarded if a.procured}
         awarded = [self._allocate(rnd, a) for a in awarded]
         day = self.day(rnd.bid_date)
@@ -320,6 +323,9 @@ class Simulation:
             return frac * scale
         # Bid functions are cached per (bidders, rules, ceiling): bidders plan for a ceiling on a
         # 5% log grid; the award itself uses the exact ceiling.
+        # Costs are known relative to the unit's cost level: normalise by it.
+        scale = u.norm_price * u.cost_scale
+        ceiling = u.ceiling / scale
         ceil_q = float(np.exp(np.round(np.log(ceiling) / 0.05) * 0.05))
         rb_eq = bidders_view(rb)
         ctx = BidContext(

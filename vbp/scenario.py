@@ -99,6 +99,10 @@ class AgentParams(_Frozen):
     markup: float = Field(0.3, ge=0, le=10, description="cost_plus markup over unit cost")
     cost_median_drug: float = Field(0.20, gt=0, le=2, description="median generic unit cost / reference price, drugs")
     cost_sigma_drug: float = Field(0.8, gt=0, le=5, description="log-sd of unit cost, drugs")
+    cost_tau_drug: float = Field(0.0, ge=0, le=3, description="log-sd across molecules of the drug cost level "
+                                 "(known to the molecule's bidders)")
+    cost_firm_share_drug: float = Field(0.0, ge=0, lt=1, description="share of the log-variance of drug costs "
+                                        "common to a firm's products (its efficiency)")
     cost_median_insulin: float = Field(0.30, gt=0, le=2, description="median unit cost / ceiling, insulin")
     cost_sigma_insulin: float = Field(0.5, gt=0, le=5, description="log-sd of unit cost, insulin")
     cost_median_stent: float = Field(0.03, gt=0, le=2, description="median unit cost / reference price, stents")
