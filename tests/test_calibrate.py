@@ -52,3 +52,12 @@ def test_stent_calibration_reproduces_the_stent_cut():
     doc = cal.to_toml([fit], command="test", seed=3, reps=1)
     assert doc["parameters"]["agents.cost_median_stent"] == pytest.approx(median, abs=1e-6)
     assert doc["fit"]["stent"]["moments"][0]["name"] == "stents.avg_cut"
+
+
+def test_cached_evaluations_are_keyed_by_the_code(monkeypatch):
+    """A model change must not reuse evaluations cached by the old code."""
+    sc = cal._scenario(load_raw("national-history", calibrated=False)[0], "x", ("stents",), {})
+    key = cal._eval_key(sc, 2, 1, ["stents.avg_cut"])
+    assert key == cal._eval_key(sc, 2, 1, ["stents.avg_cut"])
+    monkeypatch.setattr(cal, "code_digest", lambda: "other code")
+    assert cal._eval_key(sc, 2, 1, ["stents.avg_cut"]) != key

@@ -25,6 +25,7 @@ Evaluations are cached on disk, so an interrupted calibration resumes where it s
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import warnings
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize
@@ -159,8 +161,18 @@ def simulate_moments(scenario: Scenario, moments: list[Moment], reps: int, seed:
     return {m.name: float(means.loc[m.round, m.stat]) for m in moments}
 
 
+@functools.cache
+def code_digest() -> str:
+    """Digest of the package's source: cached evaluations are only reused by the code that made them."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def _eval_key(scenario: Scenario, reps: int, seed: int, names: list[str]) -> str:
-    text = json.dumps([scenario.digest(), reps, seed, names])
+    text = json.dumps([scenario.digest(), reps, seed, names, code_digest()])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
