@@ -340,3 +340,16 @@ def test_planner_equals_brute_force_and_beats_rules(problem, data):
         except AllocationError:
             return
         assert alloc.objective <= rules.objective + MIP_REL_GAP * max(1.0, rules.objective)
+
+
+def test_zero_demand_is_backup_coverable_by_one_winner():
+    """N-1 with nothing to cover holds for a lone winner (found by the planner property test)."""
+    from vbp.wdp import backup_coverable
+
+    assert backup_coverable(np.array([np.inf]), 0.0)
+    assert not backup_coverable(np.array([]), 0.0)
+    assert not backup_coverable(np.array([5.0]), 1.0)
+    problem = PlannerProblem(np.array([1.0]), np.array([True]), np.array([0.0]), np.array([np.inf]), None,
+                             max_winners=1, min_suppliers=0, max_share=1.0, label="zero demand", backup=True)
+    won, alloc = plan(problem)
+    assert alloc.objective == pytest.approx(0.0)

@@ -421,6 +421,8 @@ def backup_coverable(capacity: np.ndarray, demand: float, most: int | None = Non
     """Whether some set of at most `most` bidders keeps `demand` covered when any one of them fails
     (N-1): the largest capacities but the top one must cover it."""
     caps = np.sort(np.asarray(capacity, dtype=float))[::-1][:most]
+    if len(caps) and demand <= 0:
+        return True  # nothing to cover: one winner is enough
     return len(caps) >= 2 and bool(_within_capacity(np.array([demand]), np.array([caps[1:].sum()]))[0])
 
 
@@ -466,8 +468,8 @@ def build_planner_model(problem: PlannerProblem) -> tuple[pulp.LpProblem, dict, 
                       <= float(bound[i] / total) * (1.0 + _CAP_RTOL) * y[i], f"capacity_share_{i}")
 
     # backup coverage (N-1): for every bidder j, sum_{i != j} capacity[i] y[i] >= total demand, so
-    # whichever winner fails, the others can take over all of its provinces
-    if problem.backup:
+    # whichever winner fails, the others can take over all of its provinces (no demand: nothing to cover)
+    if problem.backup and problem.demand.sum() > 0:
         cap = {i: float(min(problem.capacity[i], 1e3 * total) / total) for i in bidders}
         for j in bidders:
             model += (pulp.lpSum(cap[i] * y[i] for i in bidders if i != j) >= 1.0, f"backup_{j}")
