@@ -114,8 +114,8 @@ def moments_for(rounds: tuple[str, ...]) -> list[Moment]:
     """Published moments of these rounds (from targets.toml; savings are never moments)."""
     from vbp.data import read_toml
 
-    listed = {k: v["molecules"]["value"] for k, v in read_toml("rounds.toml")["rounds"].items()}
     table = read_toml("rounds.toml")["rounds"]
+    listed = {k: v["molecules"]["value"] for k, v in table.items()}
     bidders = {k: v.get("bidding_firms", {}).get("value") for k, v in table.items()}
     # products counted only where published (H/M): elsewhere they come from an assumed products-per-firm
     products = {k: v["bidding_products"]["value"] for k, v in table.items()

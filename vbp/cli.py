@@ -150,7 +150,7 @@ def drug_cut_mae(result, per_round) -> dict | None:
 
 def _result_json(result, rows, per_round, checks: dict) -> dict:
     return {
-        "drug_cut_mae": drug_cut_mae(result, per_round),
+        "drug_cut_mae": checks["drug_cut_mae"],
         "targets": [{k: _finite(r[k]) for k in ("name", "published", "mean", "ci_low", "ci_high",
                                                  "tolerance", "ok")} for r in rows],
         "rounds": [{"round": r["round"], "published": r["published_avg_cut"], "mean": _finite(r["avg_cut"]),
@@ -230,7 +230,7 @@ def _print_tables(result, rows, per_round, checks: dict) -> None:
         t.add_row(f"avg cut: {r['round']}", _fmt(r["published_avg_cut"], "pct"), _fmt(r["avg_cut"], "pct"),
                   f"{_fmt(r['avg_cut_ci'][0], 'pct')} – {_fmt(r['avg_cut_ci'][1], 'pct')}", "", "")
     console.print(t)
-    mae = drug_cut_mae(result, per_round)
+    mae = checks["drug_cut_mae"]
     if mae:
         console.print(f"drug rounds' average cuts, in sample: mean absolute error {100 * mae['mae']:.1f} pts "
                       f"over {len(mae['rounds'])} rounds")
@@ -290,7 +290,7 @@ def _report(result, as_json: bool, out: str | None, kind: str) -> None:
     from vbp.output import PARTS, prepare_out_dir, write_run
 
     rows, per_round = metrics.compare(result.frames)
-    checks = _validation(result)
+    checks = {**_validation(result), "drug_cut_mae": drug_cut_mae(result, per_round)}
     doc = _result_json(result, rows, per_round, checks)
     if out:
         rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])

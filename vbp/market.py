@@ -48,7 +48,7 @@ class FirmPool:
 
     home: np.ndarray  # (F,) province index
     size: np.ndarray  # (F,) relative size, sums to 1
-    efficiency: np.ndarray | None = None  # (F,) standard-normal cost effect common to a firm's products
+    efficiency: np.ndarray  # (F,) standard-normal cost effect common to a firm's products
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def cost_level_z(u: np.ndarray) -> np.ndarray:
 def firm_costs(dist: CostDistribution, u: np.ndarray, firm: np.ndarray, pool: FirmPool, share: float) -> np.ndarray:
     """Costs at uniforms `u` with `share` of their log-variance common to each firm (a Gaussian
     copula, so every product's cost keeps the category's distribution; share 0 is plain inversion)."""
-    if share <= 0.0 or pool.efficiency is None:
+    if share <= 0.0:
         return dist.ppf(u)
     z = np.sqrt(share) * pool.efficiency[firm] + np.sqrt(1.0 - share) * ndtri(np.clip(u, 1e-12, 1 - 1e-12))
     return dist.ppf(ndtr(z))
