@@ -43,3 +43,34 @@ def test_forecast_file_without_round_table(tmp_path):
         load_forecast(p)
     r = CliRunner().invoke(cli, ["forecast", str(p)])
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def _cuts_and_bids(overrides):
+    from vbp.experiment import run
+    s = load_forecast(FORECASTS / "batch11.toml", overrides)
+    res = run(s, replications=2, seed=5, workers=1)
+    return res.frames["units"], res.frames["bids"]
+
+
+def test_cut_base_ceiling_measures_cuts_against_the_ceiling():
+    """batch 11's ceiling is half the reference: its cut against the ceiling is 1 - price/ceiling per
+    winning product; against the reference the same prices give a deeper cut. Bids are unchanged."""
+    units_c, bids_c = _cuts_and_bids(("rounds.batch11.cut_base=ceiling",))
+    units_r, bids_r = _cuts_and_bids(("rounds.batch11.cut_base=reference",))
+    assert bids_c["price"].equals(bids_r["price"])
+    won = bids_c[bids_c["won"]]
+    assert (won["ceiling"] < won["ref_price"]).all()
+    expect = (1 - won["price"] / won["ceiling"]).groupby([won["rep"], won["unit"]]).mean()
+    got = units_c[units_c["procured"]].set_index(["rep", "unit"])["cut"]
+    assert got.sort_index().to_numpy() == pytest.approx(expect.sort_index().to_numpy())
+    savings = ((won["ceiling"] - won["price"]) * won["agreed_units"]).sum()
+    assert units_c["annual_savings"].sum() == pytest.approx(savings)
+    procured = units_c["procured"]
+    assert (units_r["cut"][procured] > units_c["cut"][procured]).all()
+
+
+def test_forecast_reports_its_cut_base():
+    r = CliRunner().invoke(cli, ["forecast", str(FORECASTS / "batch8.toml"), "-n", "2", "--workers", "1",
+                                 "--json", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["cut_base"] == "ceiling"

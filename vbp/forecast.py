@@ -66,6 +66,7 @@ def forecast_summary(result: RunResult) -> dict:
         doc[stat] = {"mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"]}
     doc["procured"] = {k: v for k, v in metrics.summarize(sub["procured"]).items() if k != "n"}
     doc["molecules_listed"] = result.scenario.rounds[0].molecules
+    doc["cut_base"] = result.scenario.rounds[0].cut_base
     doc["replications"] = result.replications
     doc["seed"] = result.seed
     return doc

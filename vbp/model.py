@@ -475,8 +475,10 @@ class Simulation:
                 float(u.ceiling), float(u.ref_price[i]), bool(aw.won[i]), float(aw.price[i]),
                 float(a.agreed[i]), int(provinces_won[i])))
         won = aw.won
-        cuts = 1.0 - aw.price[won] / u.ref_price[won]
-        savings = float(np.sum((u.ref_price[won] - aw.price[won]) * a.agreed[won]))
+        # cuts and the official-style annual savings are measured against the round's published base
+        base = u.ref_price[won] if rnd.cut_base == "reference" else np.full(int(won.sum()), u.ceiling)
+        cuts = 1.0 - aw.price[won] / base
+        savings = float(np.sum((base - aw.price[won]) * a.agreed[won]))
         self.record.units.append(UnitRow(
             self.rep, rnd.id, u.index, u.label, u.n, aw.n_valid, aw.n_winners, a.procured, a.status,
             float(cuts.mean()) if a.procured else float("nan"),

@@ -64,6 +64,9 @@ class Round(_Frozen):
     coverage: float = Field(default=1.0, gt=0, le=1, description="share of national demand covered")
     ceiling_ratio: float = Field(default=1.0, gt=0, le=10, description="ceiling / reference price")
     ceiling_from: str | None = Field(default=None, description="round whose winning price caps bids")
+    cut_base: Literal["reference", "ceiling"] = Field(
+        default="reference", description="price the round's published cut is measured against: the pre-VBP "
+        "reference price or the ceiling (maximum valid declared price)")
     provinces: tuple[str, ...] | None = Field(default=None, description="participating provinces (all when unset)")
     reference_price_yuan: float | None = Field(default=None, gt=0, description="device reference price, yuan/unit")
     volume_units: float | None = Field(default=None, gt=0, description="device first-year volume, units")
