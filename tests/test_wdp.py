@@ -353,3 +353,29 @@ def test_zero_demand_is_backup_coverable_by_one_winner():
                              max_winners=1, min_suppliers=0, max_share=1.0, label="zero demand", backup=True)
     won, alloc = plan(problem)
     assert alloc.objective == pytest.approx(0.0)
+
+
+_STALL_SCRIPT = """
+import sys
+import numpy as np
+from vbp.wdp import PlannerProblem, plan
+d = np.load(sys.argv[1])
+problem = PlannerProblem(bid=d["bid"], eligible=d["eligible"], demand=d["demand"],
+                         capacity=d["capacity"], logistics=d["logistics"], max_winners=3,
+                         min_suppliers=2, max_share=0.7, backup=True, label="stall")
+won, alloc = plan(problem, time_limit=10.0)
+print(int(won.sum()), alloc.volume.sum() / d["demand"].sum())
+"""
+
+
+def test_planner_model_that_stalled_presolve_solves_within_its_time_limit():
+    """A batch-7 molecule of the planner_secure design (national-history-dynamics, seed 20181206,
+    replication 8) on which HiGHS 1.16's presolve looped past any time limit; solved in a child
+    process so a regression fails the test instead of hanging the suite."""
+    data = Path(__file__).parent / "data" / "planner_presolve_stall.npz"
+    done = subprocess.run([sys.executable, "-c", _STALL_SCRIPT, str(data)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    winners, covered = done.stdout.split()
+    assert 2 <= int(winners) <= 3
+    assert float(covered) == pytest.approx(1.0)

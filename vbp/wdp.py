@@ -203,9 +203,12 @@ def _solve_highs(model: pulp.LpProblem, label: str, time_limit: float) -> None:
     """
     _silence_highs_banner()
     # tight feasibility tolerances: with HiGHS's defaults a near-binary x rounded to 1 can push a
-    # capacity or share row past its bound by ~1e-6, which the solution check rightly rejects
+    # capacity or share row past its bound by ~1e-6, which the solution check rightly rejects.
+    # Presolve off: with these tolerances HiGHS 1.16's presolve can loop on some planner models
+    # without checking the time limit; the models are small and solve in milliseconds without it.
     solver = pulp.HiGHS(msg=False, threads=1, timeLimit=time_limit, gapRel=MIP_REL_GAP,
-                        random_seed=0, mip_feasibility_tolerance=1e-9, primal_feasibility_tolerance=1e-9)
+                        random_seed=0, mip_feasibility_tolerance=1e-9, primal_feasibility_tolerance=1e-9,
+                        presolve="off")
     try:
         model.solve(solver)
     except pulp.PulpSolverError as exc:
