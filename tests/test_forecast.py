@@ -31,9 +31,52 @@ def test_forecast_json_contract():
     doc = json.loads(r.stdout)
     assert doc["round"] == "batch9" and doc["replications"] == 3 and doc["seed"] == 20181206
     for key in ("avg_cut", "winning_firms", "winning_products", "winner_share", "annual_savings_bn"):
-        assert set(doc[key]) == {"mean", "ci_low", "ci_high"}
+        predictive = {"pi_low", "pi_high"} if key in ("avg_cut", "annual_savings_bn") else set()
+        assert set(doc[key]) == {"mean", "ci_low", "ci_high"} | predictive
         assert doc[key]["ci_low"] <= doc[key]["mean"] <= doc[key]["ci_high"]
     assert 0 < doc["avg_cut"]["mean"] < 1
+    assert doc["model_error_sd"] > 0
+
+
+def _forecast_json(monkeypatch, sd):
+    import vbp.forecast as fc
+
+    monkeypatch.setattr(fc, "calibrated_model_error", lambda: sd)
+    r = CliRunner().invoke(cli, ["forecast", str(FORECASTS / "batch9.toml"), "-n", "4", "--workers", "1",
+                                 "--json", "--set", "agents.strategy=cost_plus"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def test_predictive_interval_adds_the_model_error_to_the_replication_spread(monkeypatch):
+    none = _forecast_json(monkeypatch, 0.0)
+    for key in ("avg_cut", "annual_savings_bn"):  # no model error: the replication interval
+        assert none[key]["pi_low"] == pytest.approx(none[key]["ci_low"])
+        assert none[key]["pi_high"] == pytest.approx(none[key]["ci_high"])
+    wide = _forecast_json(monkeypatch, 0.05)
+    assert wide["avg_cut"]["mean"] == none["avg_cut"]["mean"]
+    cut, sav = wide["avg_cut"], wide["annual_savings_bn"]
+    # a cut error of sd 0.05 spreads the cut by about ±1.96 × 0.05 at least
+    assert cut["pi_high"] - cut["pi_low"] >= 2 * 1.9 * 0.05
+    assert cut["pi_low"] < cut["ci_low"] and cut["pi_high"] > cut["ci_high"]
+    # the savings move in proportion to the cut: relative widening about 0.05 / cut
+    rel = (sav["pi_high"] - sav["pi_low"]) / sav["mean"]
+    assert rel >= 2 * 1.9 * 0.05 / cut["mean"] * 0.9
+
+
+def test_device_forecasts_carry_no_drug_model_error(tmp_path, monkeypatch):
+    import vbp.forecast as fc
+    from vbp.forecast import load_forecast
+
+    monkeypatch.setattr(fc, "calibrated_model_error", lambda: 0.05)
+    p = tmp_path / "stents.toml"
+    p.write_text('[round]\nid = "stents2"\nbid_date = 2022-11-29\nname = "stent renewal"\n'
+                 'supply_lag_months = 2.0\ncategory = "stent"\nrulebook = "stent"\nmolecules = 1\n'
+                 'bidding_firms = 11\nbidding_products = 26\nmarket_value_bn = 12.3\n')
+    from vbp.experiment import run
+
+    doc = fc.forecast_summary(run(load_forecast(p), replications=2, seed=1, workers=1))
+    assert doc["model_error_sd"] is None and "pi_low" not in doc["avg_cut"]
 
 
 def test_forecast_file_without_round_table(tmp_path):

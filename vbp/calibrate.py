@@ -18,7 +18,9 @@ each point with the same replication seeds (common random numbers, so difference
 are not noise); fit each moment by a quadratic response surface in the (log) parameters; minimise
 the weighted squared distance to the published moments over the box; confirm by simulating at the
 optimum. Leave-one-round-out: refit without one drug round's moments and predict that round's
-average cut. Savings are never moments: the cumulative savings path stays an out-of-sample check.
+average cut; those residuals, less each round's replication spread, give the model's structural
+error, which widens forecast intervals (`vbp.predictive`). Savings are never moments: the
+cumulative savings path stays an out-of-sample check.
 Evaluations are cached on disk, so an interrupted calibration resumes where it stopped.
 """
 
@@ -47,7 +49,7 @@ from vbp.scenario import Scenario, apply_overrides, load_raw, scenario_from_raw
 from vbp.strategies import cache_dir
 
 __all__ = ["Param", "Moment", "Group", "GROUPS", "moments_for", "simulate_moments", "calibrate_group",
-           "GroupFit", "calibrate", "to_toml"]
+           "GroupFit", "calibrate", "to_toml", "model_error"]
 
 
 @dataclass(frozen=True)
@@ -395,3 +397,38 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
                             if k != "params"} for row in f.loro)
     return doc
 
+
+
+#: Replications of the calibrated history used to measure each drug round's replication spread.
+MODEL_ERROR_REPS = 20
+
+
+def model_error(fits: list[GroupFit], *, seed: int, workers: int, reps: int = MODEL_ERROR_REPS) -> dict | None:
+    """The drug average cut's structural error, from the leave-one-round-out residuals.
+
+    Simulates the national history at the fitted parameters (`reps` replications) for each drug
+    round's replication spread, then `vbp.predictive`: the structural sd over all rounds (used by
+    `vbp forecast` for its predictive intervals) and, per round, the interval its leave-one-round-out
+    prediction would have had with an sd estimated without it, and whether it covers the published
+    cut. None when the drug group was not fitted.
+    """
+    from vbp import predictive
+    from vbp.experiment import run
+
+    drug = next((f for f in fits if f.group == "drug"), None)
+    if drug is None or not drug.loro:
+        return None
+    raw, file = load_raw("national-history", calibrated=False)
+    params = {k: v for f in fits for k, v in f.params.items()}
+    scenario = scenario_from_raw(apply_overrides(raw, list(params.items())), file)
+    result = run(scenario, replications=reps, seed=seed, workers=workers)
+    rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])
+    draws = {r["round"]: rm.loc[rm["round"] == r["round"], "avg_cut"].to_numpy() for r in drug.loro}
+    rows = predictive.loro_coverage(drug.loro, draws, seed=seed)
+    sd = predictive.structural_sd([r["predicted"] - r["published"] for r in rows],
+                                  [r["replication_sd"] for r in rows])
+    return {"avg_cut_sd": round(sd, 4), "replications": reps, "seed": seed,
+            "method": "sqrt(max(0, mean(e^2 - s^2))): leave-one-round-out residuals e of the drug average "
+                      "cuts, less each round's replication variance s^2 at the calibrated parameters",
+            "covered": sum(r["covered"] for r in rows), "rounds_checked": len(rows),
+            "rounds": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}

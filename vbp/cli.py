@@ -193,11 +193,15 @@ def dynamics_summary(result) -> dict | None:
 
 
 def calibrated_loro() -> list[dict]:
-    """Leave-one-round-out errors stored by `vbp calibrate` (empty before any calibration)."""
+    """Leave-one-round-out errors stored by `vbp calibrate` (empty before any calibration), each with
+    its out-of-sample 95% predictive interval and whether it covers the published cut, when stored."""
     try:
-        return list(data.read_toml("calibration.toml").get("loro", []))
+        doc = data.read_toml("calibration.toml")
     except FileNotFoundError:
         return []
+    checks = {r["round"]: r for r in doc.get("model_error", {}).get("rounds", [])}
+    return [{**r, **{k: checks[r["round"]][k] for k in ("pi_low", "pi_high", "covered")
+                     if k in checks.get(r["round"], {})}} for r in doc.get("loro", [])]
 
 
 def _fmt(value, kind: str) -> str:
@@ -273,13 +277,17 @@ def _print_tables(result, rows, per_round, checks: dict) -> None:
     loro = checks["loro"]
     if loro and result.scenario.name == HEADLINE:
         o = Table(title="validation: leave-one-round-out (refit without the round, predict its cut)")
-        for col in ("round", "published", "predicted", "error"):
+        for col in ("round", "published", "predicted", "error", "95% predictive interval", "covers"):
             o.add_column(col, justify="left" if col == "round" else "right")
         for r in loro:
+            pi = f"{_fmt(r['pi_low'], 'pct')} – {_fmt(r['pi_high'], 'pct')}" if "pi_low" in r else ""
+            covers = ("yes" if r["covered"] else "NO") if "covered" in r else ""
             o.add_row(r["round"], _fmt(r["published"], "pct"), _fmt(r["predicted"], "pct"),
-                      f"{100 * r['error']:+.1f} pts")
+                      f"{100 * r['error']:+.1f} pts", pi, covers)
         mae = sum(abs(r["error"]) for r in loro) / len(loro)
-        o.add_row("mean absolute error", "", "", f"{100 * mae:.1f} pts")
+        covered = [r["covered"] for r in loro if "covered" in r]
+        o.add_row("mean absolute error", "", "", f"{100 * mae:.1f} pts", "",
+                  f"{sum(covered)} of {len(covered)}" if covered else "")
         console.print(o)
     console.print(f"wall time {result.wall_s:.1f} s on {result.workers} worker(s); "
                   f"optimizer {result.solve_s:.1f} s of replication time")
@@ -369,15 +377,20 @@ def forecast(round_file, replications, seed, workers, overrides, as_json, out, q
     from rich.table import Table
 
     t = Table(title=f"forecast: {doc['round']} ({replications} replications, seed {seed})")
-    for col in ("statistic", "mean", "95% interval"):
+    for col in ("statistic", "mean", "95% interval", "with model error"):
         t.add_column(col, justify="left" if col == "statistic" else "right")
     kinds = {"avg_cut": "pct", "winner_share": "pct", "annual_savings_bn": "bn"}
     for stat in ("avg_cut", "winning_firms", "winning_products", "winner_share", "annual_savings_bn",
                  "procured"):
         k = kinds.get(stat, "num")
         v = doc[stat]
-        t.add_row(stat, _fmt(v["mean"], k), f"{_fmt(v['ci_low'], k)} – {_fmt(v['ci_high'], k)}")
+        pi = f"{_fmt(v['pi_low'], k)} – {_fmt(v['pi_high'], k)}" if "pi_low" in v else ""
+        t.add_row(stat, _fmt(v["mean"], k), f"{_fmt(v['ci_low'], k)} – {_fmt(v['ci_high'], k)}", pi)
     Console(width=120).print(t)
+    if doc.get("model_error_sd") is not None:
+        click.echo(f"95% interval: spread over replications. With model error: adds the calibration's "
+                   f"out-of-sample error of the drug average cut (sd {100 * doc['model_error_sd']:.1f} pts; "
+                   f"docs/validation.md).")
 
 
 @cli.command()
@@ -412,6 +425,10 @@ def calibrate(out, replications, seed, workers, groups, quiet):
     fits = cal.calibrate(reps=replications, seed=seed, workers=workers or default_workers(),
                          groups=tuple(groups) or None, progress=progress)
     doc = cal.to_toml(fits, command=" ".join(["vbp", *sys.argv[1:]]), seed=seed, reps=replications)
+    if any(f.group == "drug" for f in fits):
+        if not quiet:
+            click.echo(f"  model error: {cal.MODEL_ERROR_REPS} replications of the calibrated history", err=True)
+        doc["model_error"] = cal.model_error(fits, seed=seed, workers=workers or default_workers())
     if groups and path.exists():  # keep the other groups' results
         import tomllib
 
@@ -420,6 +437,7 @@ def calibrate(out, replications, seed, workers, groups, quiet):
         old.setdefault("fit", {}).update(doc["fit"])
         if "drug" in groups:
             old["loro"] = doc["loro"]
+            old["model_error"] = doc["model_error"]
         old["meta"] = doc["meta"]
         doc = old
     atomic_write_text(path, "# Written by `vbp calibrate`; see docs/validation.md.\n" + tomli_w.dumps(doc))

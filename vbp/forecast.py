@@ -10,12 +10,15 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from vbp import metrics
+import numpy as np
+
+from vbp import data, metrics
 from vbp.errors import InputError
 from vbp.experiment import RunResult, run
+from vbp.predictive import predictive_interval
 from vbp.scenario import Scenario, apply_overrides, parse_override, read_toml_file, resolve_raw, scenario_from_raw
 
-__all__ = ["load_forecast", "forecast_summary", "run_forecast", "STATS"]
+__all__ = ["load_forecast", "forecast_summary", "run_forecast", "calibrated_model_error", "STATS"]
 
 STATS = ("avg_cut", "winning_firms", "winning_products", "winner_share", "annual_savings_bn")
 
@@ -55,8 +58,19 @@ def load_forecast(path: str | Path, overrides: tuple[str, ...] = ()) -> Scenario
     return scenario_from_raw(raw, file)
 
 
+def calibrated_model_error() -> float | None:
+    """The drug average cut's structural error sd stored by `vbp calibrate` (None before one)."""
+    try:
+        sd = data.read_toml("calibration.toml").get("model_error", {}).get("avg_cut_sd")
+    except FileNotFoundError:
+        return None
+    return None if sd is None else float(sd)
+
+
 def forecast_summary(result: RunResult) -> dict:
-    """The forecast JSON document: each statistic's mean and 95% interval over replications."""
+    """The forecast JSON document: each statistic's mean and 95% interval over replications; for
+    the average cut and the annual savings also a 95% predictive interval (`pi_low`, `pi_high`)
+    that adds the calibration's out-of-sample model error (`vbp.predictive`)."""
     rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])
     rid = result.scenario.rounds[0].id
     sub = rm[rm["round"] == rid]
@@ -64,6 +78,19 @@ def forecast_summary(result: RunResult) -> dict:
     for stat in STATS:
         s = metrics.summarize(sub[stat])
         doc[stat] = {"mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"]}
+    # estimated on the drug rounds, so only drug forecasts carry it
+    sd = calibrated_model_error() if result.scenario.rounds[0].category == "drug" else None
+    if sd is not None:
+        # predictive intervals: replication spread plus the model's structural error in the cut,
+        # which moves the savings in proportion (savings / cut per replication)
+        cut, sav = sub["avg_cut"].to_numpy(float), sub["annual_savings_bn"].to_numpy(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_cut = np.where(cut > 0, sav / cut, np.nan)
+        for stat, scale in (("avg_cut", None), ("annual_savings_bn", per_cut)):
+            src = cut if stat == "avg_cut" else sav
+            lo, hi = predictive_interval(src, sd, seed=result.seed, scale=scale)
+            doc[stat].update(pi_low=lo, pi_high=hi)
+    doc["model_error_sd"] = sd
     doc["procured"] = {k: v for k, v in metrics.summarize(sub["procured"]).items() if k != "n"}
     doc["molecules_listed"] = result.scenario.rounds[0].molecules
     doc["cut_base"] = result.scenario.rounds[0].cut_base
