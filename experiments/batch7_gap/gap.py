@@ -1,0 +1,63 @@
+"""Batch 7's average cut minus the molecule-weighted mean of batches 2-5, per design point.
+
+Reads the results table of `vbp sweep experiments/batch7_gap/spec.toml` and prints, for every
+point, the simulated gap (mean and 2.5-97.5% range over replications) beside the published gap,
+both weighted by the published procured molecules of each round (seeds/targets.toml).
+
+    python experiments/batch7_gap/gap.py <out>/results.csv
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+
+from vbp import metrics
+
+EARLIER = ("batch2", "batch3", "batch4", "batch5")
+PARAMS = ("agents.products_per_firm", "market.bidders_dispersion", "agents.cost_median_drug")
+
+
+def published_gap() -> float:
+    """Published batch-7 cut minus the procured-molecule-weighted mean cut of batches 2-5."""
+    t = metrics.round_targets()
+    w = {r: t[r]["products_won"] for r in EARLIER}
+    earlier = sum(w[r] * t[r]["avg_cut"] for r in EARLIER) / sum(w.values())
+    return t["batch7"]["avg_cut"] - earlier
+
+
+def gap_table(results: pd.DataFrame, params: tuple[str, ...] = PARAMS) -> pd.DataFrame:
+    """One row per design point: its parameters, batch 7's cut, batches 2-5's and the gap (shares)."""
+    t = metrics.round_targets()
+    w = pd.Series({r: float(t[r]["products_won"]) for r in EARLIER})
+    ok = results[results["status"] == "ok"].copy()
+    cuts = ok[[f"avg_cut.{r}" for r in EARLIER]].to_numpy()
+    ok["earlier"] = cuts @ w.to_numpy() / w.sum()
+    ok["gap"] = ok["avg_cut.batch7"] - ok["earlier"]
+    g = ok.groupby("point")
+    out = g[list(params)].first()
+    out["batch7"] = g["avg_cut.batch7"].mean()
+    out["batches2_5"] = g["earlier"].mean()
+    out["gap"] = g["gap"].mean()
+    out["gap_low"] = g["gap"].quantile(0.025)
+    out["gap_high"] = g["gap"].quantile(0.975)
+    out["replications"] = g["gap"].count()
+    return out.reset_index()
+
+
+def main(path: str) -> None:
+    table = gap_table(pd.read_csv(path))
+    pd.set_option("display.width", 160)
+    shown = table.copy()
+    for col in ("batch7", "batches2_5", "gap", "gap_low", "gap_high"):
+        shown[col] = (100 * shown[col]).round(1)
+    print(shown.to_string(index=False))
+    print(f"published gap: {100 * published_gap():+.1f} pts; simulated gap over the grid: "
+          f"{100 * table['gap'].min():+.1f} to {100 * table['gap'].max():+.1f} pts")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python experiments/batch7_gap/gap.py RESULTS.csv")
+    main(sys.argv[1])
