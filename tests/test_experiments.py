@@ -41,7 +41,8 @@ def test_gap_table_weights_batches_by_procured_molecules():
             row.update({f"avg_cut.{r}": 0.4 + 0.01 * i for i, r in enumerate(gap.EARLIER)})
             rows.append(row)
     rows.append({**rows[0], "rep": 9, "status": "error", "avg_cut.batch7": 5.0})  # failed tasks are left out
-    table = gap.gap_table(pd.DataFrame(rows), ("agents.products_per_firm",)).set_index("point")
+    frame = pd.DataFrame(rows)
+    table = gap.gap_table(frame, ["agents.products_per_firm"]).set_index("point")
     earlier = sum(w[r] * (0.4 + 0.01 * i) for i, r in enumerate(gap.EARLIER)) / sum(w.values())
     assert table.loc[0, "batches2_5"] == pytest.approx(earlier)
     assert table.loc[0, "gap"] == pytest.approx(0.61 - earlier)
@@ -49,6 +50,11 @@ def test_gap_table_weights_batches_by_procured_molecules():
     assert table.loc[0, "replications"] == 2
     assert table.loc[1, "agents.products_per_firm"] == 2.5
     assert table.loc[0, "gap_low"] < table.loc[0, "gap"] < table.loc[0, "gap_high"]
+
+
+def test_gap_reads_the_design_columns_of_a_sweep_table():
+    cols = ["point", "rep", "seed", "status", "error", "a.x", "b.y", "drug_avg_cut", "avg_cut.batch7"]
+    assert gap.param_columns(pd.DataFrame(columns=cols)) == ["a.x", "b.y"]
 
 
 def test_cut_definitions_on_a_hand_made_round():

@@ -355,14 +355,15 @@ def test_missing_dask_is_a_clear_input_error(monkeypatch):
 
 # -- shipped experiments -----------------------------------------------------------------------
 
-EXPERIMENTS = sorted((Path(__file__).parent.parent / "experiments").glob("*/spec.toml"))
+EXPERIMENTS = sorted((Path(__file__).parent.parent / "experiments").glob("*/spec*.toml"))
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.parent.name for p in EXPERIMENTS])
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[f"{p.parent.name}/{p.stem}" for p in EXPERIMENTS])
 def test_shipped_experiment_specs_plan_cleanly(path):
     plan = sw.plan_sweep(sw.load_spec(path))
     assert plan.points and all(not isinstance(s, str) for s in plan.scenarios)
-    assert (path.parent / "README.md").read_text(encoding="utf-8").count(f"vbp sweep experiments/{path.parent.name}")
+    readme = (path.parent / "README.md").read_text(encoding="utf-8")
+    assert readme.count(f"vbp sweep experiments/{path.parent.name}/{path.name}")
 
 
 def test_there_are_at_least_five_experiments():

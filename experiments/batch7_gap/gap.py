@@ -1,8 +1,8 @@
 """Batch 7's average cut minus the molecule-weighted mean of batches 2-5, per design point.
 
-Reads the results table of `vbp sweep experiments/batch7_gap/spec.toml` and prints, for every
-point, the simulated gap (mean and 2.5-97.5% range over replications) beside the published gap,
-both weighted by the published procured molecules of each round (seeds/targets.toml).
+Reads the results table of `vbp sweep experiments/batch7_gap/spec.toml` (or `spec_box.toml`) and
+prints, for every point, the simulated gap (mean and 2.5-97.5% range over replications) beside the
+published gap, both weighted by the published procured molecules of each round (seeds/targets.toml).
 
     python experiments/batch7_gap/gap.py <out>/results.csv
 """
@@ -16,7 +16,6 @@ import pandas as pd
 from vbp import metrics
 
 EARLIER = ("batch2", "batch3", "batch4", "batch5")
-PARAMS = ("agents.products_per_firm", "market.bidders_dispersion", "agents.cost_median_drug")
 
 
 def published_gap() -> float:
@@ -27,7 +26,13 @@ def published_gap() -> float:
     return t["batch7"]["avg_cut"] - earlier
 
 
-def gap_table(results: pd.DataFrame, params: tuple[str, ...] = PARAMS) -> pd.DataFrame:
+def param_columns(results: pd.DataFrame) -> list[str]:
+    """The design's parameter columns: those between `error` and the first metric."""
+    cols = list(results.columns)
+    return cols[cols.index("error") + 1: cols.index("drug_avg_cut")]
+
+
+def gap_table(results: pd.DataFrame, params: list[str]) -> pd.DataFrame:
     """One row per design point: its parameters, batch 7's cut, batches 2-5's and the gap (shares)."""
     t = metrics.round_targets()
     w = pd.Series({r: float(t[r]["products_won"]) for r in EARLIER})
@@ -47,14 +52,17 @@ def gap_table(results: pd.DataFrame, params: tuple[str, ...] = PARAMS) -> pd.Dat
 
 
 def main(path: str) -> None:
-    table = gap_table(pd.read_csv(path))
+    results = pd.read_csv(path)
+    table = gap_table(results, param_columns(results))
     pd.set_option("display.width", 160)
     shown = table.copy()
     for col in ("batch7", "batches2_5", "gap", "gap_low", "gap_high"):
         shown[col] = (100 * shown[col]).round(1)
     print(shown.to_string(index=False))
-    print(f"published gap: {100 * published_gap():+.1f} pts; simulated gap over the grid: "
-          f"{100 * table['gap'].min():+.1f} to {100 * table['gap'].max():+.1f} pts")
+    lowest = table.loc[table["gap"].idxmin()]
+    print(f"published gap: {100 * published_gap():+.1f} pts; simulated mean gap over the {len(table)} points: "
+          f"{100 * table['gap'].min():+.1f} to {100 * table['gap'].max():+.1f} pts (lowest at point "
+          f"{int(lowest['point'])}); lowest replication range edge: {100 * table['gap_low'].min():+.1f} pts")
 
 
 if __name__ == "__main__":
