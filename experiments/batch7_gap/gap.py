@@ -18,12 +18,17 @@ from vbp import metrics
 EARLIER = ("batch2", "batch3", "batch4", "batch5")
 
 
+def _weights() -> pd.Series:
+    """Published procured molecules of batches 2-5, as shares of their total."""
+    t = metrics.round_targets()
+    w = pd.Series({r: float(t[r]["products_won"]) for r in EARLIER})
+    return w / w.sum()
+
+
 def published_gap() -> float:
     """Published batch-7 cut minus the procured-molecule-weighted mean cut of batches 2-5."""
     t = metrics.round_targets()
-    w = {r: t[r]["products_won"] for r in EARLIER}
-    earlier = sum(w[r] * t[r]["avg_cut"] for r in EARLIER) / sum(w.values())
-    return t["batch7"]["avg_cut"] - earlier
+    return t["batch7"]["avg_cut"] - sum(wr * t[r]["avg_cut"] for r, wr in _weights().items())
 
 
 def param_columns(results: pd.DataFrame) -> list[str]:
@@ -34,14 +39,12 @@ def param_columns(results: pd.DataFrame) -> list[str]:
 
 def gap_table(results: pd.DataFrame, params: list[str]) -> pd.DataFrame:
     """One row per design point: its parameters, batch 7's cut, batches 2-5's and the gap (shares)."""
-    t = metrics.round_targets()
-    w = pd.Series({r: float(t[r]["products_won"]) for r in EARLIER})
+    w = _weights()
     ok = results[results["status"] == "ok"].copy()
-    cuts = ok[[f"avg_cut.{r}" for r in EARLIER]].to_numpy()
-    ok["earlier"] = cuts @ w.to_numpy() / w.sum()
+    ok["earlier"] = ok[[f"avg_cut.{r}" for r in w.index]].to_numpy() @ w.to_numpy()
     ok["gap"] = ok["avg_cut.batch7"] - ok["earlier"]
     g = ok.groupby("point")
-    out = g[list(params)].first()
+    out = g[params].first()
     out["batch7"] = g["avg_cut.batch7"].mean()
     out["batches2_5"] = g["earlier"].mean()
     out["gap"] = g["gap"].mean()
