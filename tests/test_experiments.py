@@ -77,7 +77,9 @@ def test_cut_definitions_on_a_hand_made_round():
 def test_cut_definitions_over_molecules_is_the_models_own_average_cut(run_dir):
     frames = {k: pd.read_parquet(run_dir / f"{k}.parquet") for k in ("bids", "units")}
     scenario = load_scenario(str(ROOT / "tests" / "data" / "tiny.toml"))
-    table = definitions.cut_definitions(frames["bids"], {r.id: r.cut_base for r in scenario.rounds})
+    bases = definitions.run_cut_bases(run_dir)
+    assert bases == {r.id: r.cut_base for r in scenario.rounds}
+    table = definitions.cut_definitions(frames["bids"], bases)
     own = metrics.round_metrics(frames["units"], frames["bids"]).groupby("round")["avg_cut"].mean()
     assert len(own) > 0
     np.testing.assert_allclose(table.loc[own.index, "molecules"].to_numpy(), own.to_numpy(), rtol=1e-12)

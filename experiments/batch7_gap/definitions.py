@@ -1,4 +1,4 @@
-"""A round's average cut under three averaging rules, from the bids of a `vbp reproduce --out` folder.
+"""A round's average cut under three averaging rules, from the bids of a run folder (`--out DIR`).
 
 The published cuts do not say how they average (vbp_facts.md, Definitions, gives only their
 bases). vbp averages over molecules (each molecule the mean of its winning products); pooling all
@@ -11,12 +11,12 @@ against the round's own cut base, as the model's metric is.
 from __future__ import annotations
 
 import sys
+import tomllib
 from pathlib import Path
 
 import pandas as pd
 
 from vbp import metrics
-from vbp.scenario import load_scenario
 
 
 def cut_definitions(bids: pd.DataFrame, cut_base: dict[str, str]) -> pd.DataFrame:
@@ -34,10 +34,16 @@ def cut_definitions(bids: pd.DataFrame, cut_base: dict[str, str]) -> pd.DataFram
     return table.groupby("round").mean()
 
 
+def run_cut_bases(folder: str | Path) -> dict[str, str]:
+    """Each round's cut base in the run's own scenario, as written beside its tables (so a base
+    changed with `--set` is kept)."""
+    rounds = tomllib.loads((Path(folder) / "scenario.toml").read_text(encoding="utf-8"))["rounds"]
+    return {r["id"]: r.get("cut_base", "reference") for r in rounds}
+
+
 def main(folder: str) -> None:
     bids = pd.read_parquet(Path(folder) / "bids.parquet")
-    scenario = load_scenario("national-history")
-    table = cut_definitions(bids, {r.id: r.cut_base for r in scenario.rounds})
+    table = cut_definitions(bids, run_cut_bases(folder))
     table.insert(0, "published", pd.Series({k: v.get("avg_cut") for k, v in metrics.round_targets().items()}))
     print((100 * table).round(1).to_string())
 
