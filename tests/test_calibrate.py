@@ -61,3 +61,48 @@ def test_cached_evaluations_are_keyed_by_the_code(monkeypatch):
     assert key == cal._eval_key(sc, 2, 1, ["stents.avg_cut"])
     monkeypatch.setattr(cal, "code_digest", lambda: "other code")
     assert cal._eval_key(sc, 2, 1, ["stents.avg_cut"]) != key
+
+
+def _fake_drug_fit(monkeypatch, shift: dict[str, float] | None = None) -> cal.GroupFit:
+    """The drug group's calibration on a smooth stand-in for the simulator (each moment a fixed
+    function of the unit-scaled parameters), so its bookkeeping is checked in a second."""
+    group = dataclasses.replace(cal.GROUPS[0], design=16)
+    base = {m.name: m.published for m in cal.moments_for(group.rounds)}
+    moments = cal.moments_for(group.rounds)
+    if shift:  # move some published moments; the stand-in model stays put
+        moments = [dataclasses.replace(m, published=m.published + shift.get(m.round, 0.0)) for m in moments]
+    monkeypatch.setattr(cal, "moments_for", lambda rounds: moments)
+    monkeypatch.setattr(cal, "_scenario", lambda base, file, rounds, theta: theta)
+    weights = np.random.default_rng(7).normal(size=(len(moments), len(group.params))) * 0.05
+
+    def fake(tasks, workers, progress):
+        out = []
+        for theta, ms, _reps, _seed in tasks:
+            u = cal._to_unit(np.array([theta[p.path] for p in group.params], dtype=float), group.params)
+            out.append({m.name: base[m.name] + float(weights[j] @ (u - 0.4)) for j, m in enumerate(ms)})
+        return out
+
+    monkeypatch.setattr(cal, "_run_tasks", fake)
+    return cal.calibrate_group(group, {}, "x", reps=1, seed=1, workers=1)
+
+
+def test_rolling_origin_forecasts_fit_on_earlier_rounds_only(monkeypatch):
+    fit = _fake_drug_fit(monkeypatch)
+    cuts = [r for r in fit.rolling if r["stat"] == "avg_cut"]
+    # from batch 3 on: the first round with three earlier drug rounds
+    assert [r["round"] for r in cuts] == ["batch3", "batch4", "batch5", "batch7"]
+    order = list(cal.GROUPS[0].rounds)
+    for r in fit.rolling:
+        assert r["trained_on"] == order[:order.index(r["round"])]
+    # every round with a published winner share gets its leave-one-round-out prediction
+    assert [r["round"] for r in fit.loro_share] == ["expansion", "batch2", "batch3", "batch4", "batch5", "batch7"]
+    doc = cal.to_toml([fit], command="test", seed=1, reps=1)
+    assert len(doc["rolling"]) == len(fit.rolling) and len(doc["loro_winner_share"]) == 6
+    # a later round's published moments cannot move the forecast of an earlier one
+    moved = _fake_drug_fit(monkeypatch, shift={"batch5": 0.05, "batch7": -0.08})  # b5: its avg cut and shares
+    before = {(r["round"], r["stat"]): r["predicted"] for r in fit.rolling}
+    after = {(r["round"], r["stat"]): r["predicted"] for r in moved.rolling}
+    for key in (("batch3", "avg_cut"), ("batch4", "avg_cut"), ("batch4", "winner_share")):
+        assert after[key] == pytest.approx(before[key], abs=1e-5)
+    # while batch 5's moved moments, which batch 7's forecast is fitted on, move it
+    assert abs(after[("batch7", "avg_cut")] - before[("batch7", "avg_cut")]) > 1e-3

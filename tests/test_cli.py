@@ -83,6 +83,16 @@ def test_reproduce_json_contract():
     assert mae["rounds"] == sorted(["pilot", "expansion", "batch2", "batch3", "batch4", "batch5", "batch7"])
     errors = [abs(r["mean"] - r["published"]) for r in doc["rounds"] if r["round"] in mae["rounds"]]
     assert mae["mae"] == pytest.approx(sum(errors) / len(errors))
+    # the calibration's out-of-sample checks: leave-one-round-out (cut and winner share) and the
+    # rolling origin, whose forecast of each round is fitted on the rounds before it only
+    order = ["pilot", "expansion", "batch2", "batch3", "batch4", "batch5", "batch7"]
+    assert [r["round"] for r in doc["loro"]] == order
+    assert {r["round"] for r in doc["loro"] if "winner_share_predicted" in r} == set(order[1:])
+    assert [r["round"] for r in doc["rolling_origin"]] == order[3:]
+    for r in doc["rolling_origin"]:
+        assert r["trained_on"] == order[:order.index(r["round"])]
+        for prefix in ("", "winner_share_"):
+            assert r[prefix + "error"] == pytest.approx(r[prefix + "predicted"] - r[prefix + "published"], abs=2e-4)
 
 
 def test_run_tiny_with_equilibrium_bidding():
@@ -142,6 +152,16 @@ def test_summary_and_scenario_copy_are_readable(tiny_out):
     assert [r["id"] for r in scenario["rounds"]] == ["batch2", "stents"]
     metrics = (tiny_out / "round_metrics.csv").read_text().splitlines()
     assert len(metrics) == 1 + 2 * 2  # header, 2 replications x 2 rounds
+
+
+def test_a_results_folder_scenario_reruns_the_same_history(tiny_out, tmp_path):
+    """`vbp run R/scenario.toml` replays the run: the saved scenario loads to the same digest and,
+    with the manifest's seed, gives the same tables."""
+    saved = str(tiny_out / "scenario.toml")
+    assert load_scenario(saved).digest() == load_scenario(TINY).digest()
+    again = run_json("run", saved, "-n", "2", "--workers", "1", "--quiet", "--seed", "11")
+    summary = json.loads((tiny_out / "summary.json").read_text())
+    assert again["targets"] == summary["targets"] and again["rounds"] == summary["rounds"]
 
 
 def metrics_bytes(out: Path) -> bytes:

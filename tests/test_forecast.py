@@ -31,17 +31,17 @@ def test_forecast_json_contract():
     doc = json.loads(r.stdout)
     assert doc["round"] == "batch9" and doc["replications"] == 3 and doc["seed"] == 20181206
     for key in ("avg_cut", "winning_firms", "winning_products", "winner_share", "annual_savings_bn"):
-        predictive = {"pi_low", "pi_high"} if key in ("avg_cut", "annual_savings_bn") else set()
+        predictive = {"pi_low", "pi_high"} if key != "winning_products" else set()
         assert set(doc[key]) == {"mean", "ci_low", "ci_high"} | predictive
         assert doc[key]["ci_low"] <= doc[key]["mean"] <= doc[key]["ci_high"]
     assert 0 < doc["avg_cut"]["mean"] < 1
-    assert doc["model_error_sd"] > 0
+    assert doc["model_error_sd"] > 0 and doc["winner_share_model_error_sd"] > 0
 
 
-def _forecast_json(monkeypatch, sd):
+def _forecast_json(monkeypatch, sd, share_sd=0.0):
     import vbp.forecast as fc
 
-    monkeypatch.setattr(fc, "calibrated_model_error", lambda: sd)
+    monkeypatch.setattr(fc, "calibrated_model_error", lambda stat="avg_cut": sd if stat == "avg_cut" else share_sd)
     r = CliRunner().invoke(cli, ["forecast", str(FORECASTS / "batch9.toml"), "-n", "4", "--workers", "1",
                                  "--json", "--set", "agents.strategy=cost_plus"])
     assert r.exit_code == 0, r.output
@@ -62,13 +62,24 @@ def test_predictive_interval_adds_the_model_error_to_the_replication_spread(monk
     # the savings move in proportion to the cut: relative widening about 0.05 / cut
     rel = (sav["pi_high"] - sav["pi_low"]) / sav["mean"]
     assert rel >= 2 * 1.9 * 0.05 / cut["mean"] * 0.9
+    # the winner share's own error leaves the cut alone and widens the share and the winning firms
+    both = _forecast_json(monkeypatch, 0.05, 0.08)
+    assert both["avg_cut"] == wide["avg_cut"]
+    share, firms = both["winner_share"], both["winning_firms"]
+    assert share["pi_high"] - share["pi_low"] >= 2 * 1.9 * 0.08
+    assert wide["winner_share"]["pi_high"] - wide["winner_share"]["pi_low"] < share["pi_high"] - share["pi_low"]
+    # winning firms = winner share x each replication's bidding firms, so they move together
+    assert firms["pi_low"] < firms["ci_low"] and firms["pi_high"] > firms["ci_high"]
+    bidders = firms["mean"] / share["mean"]
+    for end in ("pi_low", "pi_high"):
+        assert firms[end] == pytest.approx(share[end] * bidders, rel=0.1)
 
 
 def test_device_forecasts_carry_no_drug_model_error(tmp_path, monkeypatch):
     import vbp.forecast as fc
     from vbp.forecast import load_forecast
 
-    monkeypatch.setattr(fc, "calibrated_model_error", lambda: 0.05)
+    monkeypatch.setattr(fc, "calibrated_model_error", lambda stat="avg_cut": 0.05)
     p = tmp_path / "stents.toml"
     p.write_text('[round]\nid = "stents2"\nbid_date = 2022-11-29\nname = "stent renewal"\n'
                  'supply_lag_months = 2.0\ncategory = "stent"\nrulebook = "stent"\nmolecules = 1\n'
@@ -77,6 +88,7 @@ def test_device_forecasts_carry_no_drug_model_error(tmp_path, monkeypatch):
 
     doc = fc.forecast_summary(run(load_forecast(p), replications=2, seed=1, workers=1))
     assert doc["model_error_sd"] is None and "pi_low" not in doc["avg_cut"]
+    assert doc["winner_share_model_error_sd"] is None and "pi_low" not in doc["winner_share"]
 
 
 def test_forecast_file_without_round_table(tmp_path):

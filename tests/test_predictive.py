@@ -95,3 +95,11 @@ def test_the_stored_model_error_follows_from_its_rows():
     assert me["covered"] == sum(r["covered"] for r in rows)
     for r in rows:
         assert r["covered"] == (r["pi_low"] <= r["published"] <= r["pi_high"])
+    # the same for the share of bidding firms that win
+    share = me["winner_share"]
+    rows = share["rounds"]
+    assert [(r["round"], r["predicted"]) for r in rows] == [(r["round"], r["predicted"])
+                                                            for r in doc["loro_winner_share"]]
+    sd = structural_sd([r["predicted"] - r["published"] for r in rows], [r["replication_sd"] for r in rows])
+    assert share["sd"] == pytest.approx(sd, abs=1e-4)
+    assert share["covered"] == sum(r["covered"] for r in rows) and share["rounds_checked"] == len(rows)

@@ -103,6 +103,10 @@ GROUPS = (
     Group("insulin", ("insulin",), (Param("agents.cost_median_insulin", 0.05, 0.9, "insulin unit cost"),), 8),
 )
 
+#: Earlier drug rounds a rolling-origin forecast is fitted on, at least (the first such forecast,
+#: of batch 3, fits six parameters to the nine moments of the pilot, the expansion and batch 2).
+ROLLING_MIN_ROUNDS = 3
+
 # Weights: a moment's squared error is divided by its scale squared, the scale reflecting how well
 # the moment is measured. Average cuts are official figures (H) to the point: 1.5 points, the
 # simulation error of a 4-replication mean. Maximum cuts are one molecule each (batch 2's is M):
@@ -232,7 +236,9 @@ class GroupFit:
     objective_surrogate: float
     confirmed: dict[str, float]  # simulated moments at the optimum
     objective: float
-    loro: list[dict]
+    loro: list[dict]  # leave-one-round-out: each drug round's average cut, refitted without the round
+    loro_share: list[dict] = ()  # the same refits' share of bidding firms that win, where published
+    rolling: list[dict] = ()  # rolling origin: each round predicted from the rounds before it only
 
 
 def _objective(coef: np.ndarray, pub: np.ndarray, w: np.ndarray, keep: np.ndarray):
@@ -313,23 +319,44 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
         confirmed = _run_tasks([(scen(theta), moments, reps, seed)], 1, None)[0]
         sim = np.array([confirmed[n] for n in names])
         objective = float(np.sum(w * (sim - pub) ** 2))
-    loro = []
-    drug_rounds = [r for r in group.rounds if any(m.round == r and m.stat == "avg_cut" for m in moments)]
+    loro, loro_share, rolling = [], [], []
     if group.name == "drug":
         # the whole design (global and local points) for a surrogate valid across the box
         fin = np.all(np.isfinite(y), axis=1)
         coef_all, *_ = np.linalg.lstsq(_features(u[fin]), y[fin], rcond=None)
-        for r in drug_rounds:
-            keep = np.array([m.round != r for m in moments])
-            u_r = _minimise(_objective(coef_all, pub, w, keep), dim, np.vstack([starts, u_hat]))
-            j = names.index(f"{r}.avg_cut")
+
+        def refit(keep: np.ndarray) -> np.ndarray:
+            return _minimise(_objective(coef_all, pub, w, keep), dim, np.vstack([starts, u_hat]))
+
+        def predicted(u_r: np.ndarray, r: str, stat: str) -> dict | None:
+            name = f"{r}.{stat}"
+            if name not in names:
+                return None
+            j = names.index(name)
             pred = float((_features(u_r) @ coef_all)[0, j])
-            loro.append({"round": r, "published": float(pub[j]), "predicted": pred,
-                         "error": pred - float(pub[j]),
+            return {"round": r, "published": float(pub[j]), "predicted": pred, "error": pred - float(pub[j])}
+
+        drug_rounds = [r for r in group.rounds if f"{r}.avg_cut" in names]
+        for r in drug_rounds:
+            u_r = refit(np.array([m.round != r for m in moments]))
+            loro.append({**predicted(u_r, r, "avg_cut"),
                          "params": {p.name: float(v) for p, v in zip(group.params, _from_unit(u_r, group.params))}})
+            if (row := predicted(u_r, r, "winner_share")) is not None:
+                loro_share.append(row)
+        # forecasting as it would have been done: fit on the earlier rounds only (the group's rounds
+        # are in bid-date order), from the first round with three earlier ones
+        for r in drug_rounds:
+            earlier = group.rounds[:group.rounds.index(r)]
+            if len([e for e in earlier if e in drug_rounds]) < ROLLING_MIN_ROUNDS:
+                continue
+            u_r = refit(np.array([m.round in earlier for m in moments]))
+            for stat in ("avg_cut", "winner_share"):
+                if (row := predicted(u_r, r, stat)) is not None:
+                    rolling.append({**row, "stat": stat, "trained_on": list(earlier)})
     return GroupFit(group.name, {p.path: (int(v) if p.integer else float(v)) for p, v in zip(group.params, theta)},
                     moments, u, y, coef, r2,
-                    float(_objective(coef, pub, w, keep_all)(u_hat)), confirmed, objective, loro)
+                    float(_objective(coef, pub, w, keep_all)(u_hat)), confirmed, objective, loro,
+                    loro_share, rolling)
 
 
 def _run_tasks(tasks: list, workers: int, progress) -> list[dict]:
@@ -378,6 +405,8 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
         "parameters": params,
         "fit": {},
         "loro": [],
+        "loro_winner_share": [],
+        "rolling": [],
     }
     for f in fits:
         names = [m.name for m in f.moments]
@@ -393,8 +422,12 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
                          "error": round(f.confirmed[m.name] - m.published, 4), "scale": round(m.scale, 4),
                          "surrogate_r2": round(f.r2[m.name], 3)} for m in f.moments if m.name in names],
         }
-        doc["loro"].extend({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
-                            if k != "params"} for row in f.loro)
+        for key, rows in (("loro", f.loro), ("loro_winner_share", f.loro_share), ("rolling", f.rolling)):
+            doc[key].extend({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                             if k != "params"} for row in rows)
+    for key in ("loro_winner_share", "rolling"):
+        if not doc[key]:
+            del doc[key]
     return doc
 
 
@@ -404,13 +437,14 @@ MODEL_ERROR_REPS = 20
 
 
 def model_error(fits: list[GroupFit], *, seed: int, workers: int, reps: int = MODEL_ERROR_REPS) -> dict | None:
-    """The drug average cut's structural error, from the leave-one-round-out residuals.
+    """The drug average cut's structural error, from the leave-one-round-out residuals, and the
+    same for the share of bidding firms that win (`winner_share`).
 
     Simulates the national history at the fitted parameters (`reps` replications) for each drug
     round's replication spread, then `vbp.predictive`: the structural sd over all rounds (used by
     `vbp forecast` for its predictive intervals) and, per round, the interval its leave-one-round-out
     prediction would have had with an sd estimated without it, and whether it covers the published
-    cut. None when the drug group was not fitted.
+    value. None when the drug group was not fitted.
     """
     from vbp import predictive
     from vbp.experiment import run
@@ -423,12 +457,21 @@ def model_error(fits: list[GroupFit], *, seed: int, workers: int, reps: int = MO
     scenario = scenario_from_raw(apply_overrides(raw, list(params.items())), file)
     result = run(scenario, replications=reps, seed=seed, workers=workers)
     rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])
-    draws = {r["round"]: rm.loc[rm["round"] == r["round"], "avg_cut"].to_numpy() for r in drug.loro}
-    rows = predictive.loro_coverage(drug.loro, draws, seed=seed)
-    sd = predictive.structural_sd([r["predicted"] - r["published"] for r in rows],
-                                  [r["replication_sd"] for r in rows])
-    return {"avg_cut_sd": round(sd, 4), "replications": reps, "seed": seed,
-            "method": "sqrt(max(0, mean(e^2 - s^2))): leave-one-round-out residuals e of the drug average "
-                      "cuts, less each round's replication variance s^2 at the calibrated parameters",
-            "covered": sum(r["covered"] for r in rows), "rounds_checked": len(rows),
-            "rounds": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}
+
+    def check(loro: list[dict], stat: str) -> tuple[float, list[dict]]:
+        draws = {r["round"]: rm.loc[rm["round"] == r["round"], stat].to_numpy() for r in loro}
+        rows = predictive.loro_coverage(loro, draws, seed=seed)
+        sd = predictive.structural_sd([r["predicted"] - r["published"] for r in rows],
+                                      [r["replication_sd"] for r in rows])
+        return sd, [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+
+    sd, rows = check(drug.loro, "avg_cut")
+    doc = {"avg_cut_sd": round(sd, 4), "replications": reps, "seed": seed,
+           "method": "sqrt(max(0, mean(e^2 - s^2))): leave-one-round-out residuals e of the drug average "
+                     "cuts, less each round's replication variance s^2 at the calibrated parameters",
+           "covered": sum(r["covered"] for r in rows), "rounds_checked": len(rows), "rounds": rows}
+    if drug.loro_share:
+        sd, rows = check(list(drug.loro_share), "winner_share")
+        doc["winner_share"] = {"sd": round(sd, 4), "covered": sum(r["covered"] for r in rows),
+                               "rounds_checked": len(rows), "rounds": rows}
+    return doc

@@ -135,7 +135,8 @@ def _finite(x):
 def _validation(result) -> dict:
     """The checks beside the tables, computed once per command: savings path, leave-one-round-out,
     market dynamics."""
-    return {"savings_path": metrics_savings(result), "loro": calibrated_loro(), "dynamics": dynamics_summary(result)}
+    return {"savings_path": metrics_savings(result), "loro": calibrated_loro(), "rolling": calibrated_rolling(),
+            "dynamics": dynamics_summary(result)}
 
 
 def drug_cut_mae(result, per_round) -> dict | None:
@@ -158,6 +159,7 @@ def _result_json(result, rows, per_round, checks: dict) -> dict:
                    for r in per_round],
         "savings_path": [{k: _finite(v) for k, v in r.items()} for r in checks["savings_path"]],
         "loro": checks["loro"],
+        "rolling_origin": checks["rolling"],
         "dynamics": checks["dynamics"],
         "scenario": result.scenario.name,
         "scenario_sha256": result.scenario.digest(),
@@ -192,16 +194,43 @@ def dynamics_summary(result) -> dict | None:
             for col in metrics.DYNAMICS_METRIC_COLUMNS}
 
 
+def _calibration_doc() -> dict:
+    try:
+        return data.read_toml("calibration.toml")
+    except FileNotFoundError:
+        return {}
+
+
 def calibrated_loro() -> list[dict]:
     """Leave-one-round-out errors stored by `vbp calibrate` (empty before any calibration), each with
-    its out-of-sample 95% predictive interval and whether it covers the published cut, when stored."""
-    try:
-        doc = data.read_toml("calibration.toml")
-    except FileNotFoundError:
-        return []
-    checks = {r["round"]: r for r in doc.get("model_error", {}).get("rounds", [])}
-    return [{**r, **{k: checks[r["round"]][k] for k in ("pi_low", "pi_high", "covered")
-                     if k in checks.get(r["round"], {})}} for r in doc.get("loro", [])]
+    its out-of-sample 95% predictive interval and whether it covers the published cut, when stored;
+    and the same refit's winner share (`winner_share_*` keys) where the round published one."""
+    doc = _calibration_doc()
+    me = doc.get("model_error", {})
+    checks = {r["round"]: r for r in me.get("rounds", [])}
+    shares = {r["round"]: r for r in doc.get("loro_winner_share", [])}
+    share_checks = {r["round"]: r for r in me.get("winner_share", {}).get("rounds", [])}
+    out = []
+    for r in doc.get("loro", []):
+        i = r["round"]
+        row = {**r, **{k: checks[i][k] for k in ("pi_low", "pi_high", "covered") if k in checks.get(i, {})}}
+        if i in shares:
+            row.update({f"winner_share_{k}": shares[i][k] for k in ("published", "predicted", "error")})
+            row.update({f"winner_share_{k}": share_checks[i][k] for k in ("pi_low", "pi_high", "covered")
+                        if k in share_checks.get(i, {})})
+        out.append(row)
+    return out
+
+
+def calibrated_rolling() -> list[dict]:
+    """Rolling-origin forecasts stored by `vbp calibrate`: each drug round predicted from a fit to the
+    earlier rounds only, one row per round with its average cut and winner share."""
+    rows: dict[str, dict] = {}
+    for r in _calibration_doc().get("rolling", []):
+        row = rows.setdefault(r["round"], {"round": r["round"], "trained_on": r["trained_on"]})
+        prefix = "" if r["stat"] == "avg_cut" else f"{r['stat']}_"
+        row.update({f"{prefix}{k}": r[k] for k in ("published", "predicted", "error")})
+    return list(rows.values())
 
 
 def _fmt(value, kind: str) -> str:
@@ -216,8 +245,20 @@ def _fmt(value, kind: str) -> str:
     return f"{value:,.1f}"
 
 
+def _pi(r: dict, prefix: str = "") -> str:
+    if f"{prefix}pi_low" not in r:
+        return ""
+    return f"{_fmt(r[prefix + 'pi_low'], 'pct')} – {_fmt(r[prefix + 'pi_high'], 'pct')}"
+
+
+def _covers(r: dict, prefix: str = "") -> str:
+    key = f"{prefix}covered"
+    return ("yes" if r[key] else "NO") if key in r else ""
+
+
 def _print_tables(result, rows, per_round, checks: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=max(130, Console().width))
@@ -276,18 +317,41 @@ def _print_tables(result, rows, per_round, checks: dict) -> None:
         console.print(m)
     loro = checks["loro"]
     if loro and result.scenario.name == HEADLINE:
-        o = Table(title="validation: leave-one-round-out (refit without the round, predict its cut)")
-        for col in ("round", "published", "predicted", "error", "95% predictive interval", "covers"):
+        o = Table(title="validation: leave-one-round-out (refit without the round, predict its cut "
+                        "and its share of bidding firms that win)")
+        for col in ("round", "published", "predicted", "error", "95% predictive interval", "covers",
+                    escape("winner share [published]"), "error ", "covers "):
             o.add_column(col, justify="left" if col == "round" else "right")
         for r in loro:
-            pi = f"{_fmt(r['pi_low'], 'pct')} – {_fmt(r['pi_high'], 'pct')}" if "pi_low" in r else ""
-            covers = ("yes" if r["covered"] else "NO") if "covered" in r else ""
+            share = "winner_share_predicted" in r
             o.add_row(r["round"], _fmt(r["published"], "pct"), _fmt(r["predicted"], "pct"),
-                      f"{100 * r['error']:+.1f} pts", pi, covers)
+                      f"{100 * r['error']:+.1f} pts", _pi(r), _covers(r),
+                      f"{_fmt(r['winner_share_predicted'], 'pct')} [{_fmt(r['winner_share_published'], 'pct')}]"
+                      if share else "", f"{100 * r['winner_share_error']:+.1f} pts" if share else "",
+                      _covers(r, "winner_share_"))
         mae = sum(abs(r["error"]) for r in loro) / len(loro)
         covered = [r["covered"] for r in loro if "covered" in r]
+        errs = [abs(r["winner_share_error"]) for r in loro if "winner_share_error" in r]
+        share_cov = [r["winner_share_covered"] for r in loro if "winner_share_covered" in r]
         o.add_row("mean absolute error", "", "", f"{100 * mae:.1f} pts", "",
-                  f"{sum(covered)} of {len(covered)}" if covered else "")
+                  f"{sum(covered)} of {len(covered)}" if covered else "", "",
+                  f"{100 * sum(errs) / len(errs):.1f} pts" if errs else "",
+                  f"{sum(share_cov)} of {len(share_cov)}" if share_cov else "")
+        console.print(o)
+    rolling = checks["rolling"]
+    if rolling and result.scenario.name == HEADLINE:
+        o = Table(title="validation: rolling origin (fit on the earlier rounds only, forecast the next)")
+        for col in ("round", "fitted on", "published", "forecast", "error", escape("winner share [published]"),
+                    "error "):
+            o.add_column(col, justify="left" if col in ("round", "fitted on") else "right")
+        for r in rolling:
+            share = "winner_share_predicted" in r
+            o.add_row(r["round"], f"{r['trained_on'][0]} – {r['trained_on'][-1]}", _fmt(r["published"], "pct"),
+                      _fmt(r["predicted"], "pct"), f"{100 * r['error']:+.1f} pts",
+                      f"{_fmt(r['winner_share_predicted'], 'pct')} [{_fmt(r['winner_share_published'], 'pct')}]"
+                      if share else "", f"{100 * r['winner_share_error']:+.1f} pts" if share else "")
+        mae = sum(abs(r["error"]) for r in rolling) / len(rolling)
+        o.add_row("mean absolute error", "", "", "", f"{100 * mae:.1f} pts", "", "")
         console.print(o)
     console.print(f"wall time {result.wall_s:.1f} s on {result.workers} worker(s); "
                   f"optimizer {result.solve_s:.1f} s of replication time")
@@ -388,9 +452,11 @@ def forecast(round_file, replications, seed, workers, overrides, as_json, out, q
         t.add_row(stat, _fmt(v["mean"], k), f"{_fmt(v['ci_low'], k)} – {_fmt(v['ci_high'], k)}", pi)
     Console(width=120).print(t)
     if doc.get("model_error_sd") is not None:
+        share = doc.get("winner_share_model_error_sd")
         click.echo(f"95% interval: spread over replications. With model error: adds the calibration's "
-                   f"out-of-sample error of the drug average cut (sd {100 * doc['model_error_sd']:.1f} pts; "
-                   f"docs/validation.md).")
+                   f"out-of-sample error of the drug average cut (sd {100 * doc['model_error_sd']:.1f} pts)"
+                   + (f" and of the winner share (sd {100 * share:.1f} pts)" if share is not None else "")
+                   + "; docs/validation.md.")
 
 
 @cli.command()
@@ -436,8 +502,10 @@ def calibrate(out, replications, seed, workers, groups, quiet):
         old.setdefault("parameters", {}).update(doc["parameters"])
         old.setdefault("fit", {}).update(doc["fit"])
         if "drug" in groups:
-            old["loro"] = doc["loro"]
-            old["model_error"] = doc["model_error"]
+            for key in ("loro", "loro_winner_share", "rolling", "model_error"):
+                old.pop(key, None)
+                if key in doc:
+                    old[key] = doc[key]
         old["meta"] = doc["meta"]
         doc = old
     atomic_write_text(path, "# Written by `vbp calibrate`; see docs/validation.md.\n" + tomli_w.dumps(doc))

@@ -66,9 +66,11 @@ def render_outputs() -> str:
     lines = ["# Output tables", "",
              "Generated from `vbp/records.py` and `vbp/metrics.py` by `python -m vbp.clidoc outputs`; "
              "do not edit by hand. `vbp reproduce`, `vbp run` and `vbp forecast` with `--out DIR` write these "
-             "tables (Parquet for records, CSV for summaries) plus `summary.json`, `scenario.toml` and "
-             "`manifest.json` (scenario sha256, seed, replications, library versions, command). Sweep "
-             "folders are described in [sweeps.md](sweeps.md).", ""]
+             "tables (Parquet for records, CSV for summaries) plus `summary.json`, `scenario.toml` (the "
+             "scenario fully resolved, calibrated values and `--set` overrides included: `vbp run "
+             "DIR/scenario.toml --seed SEED -n N` replays the run) and `manifest.json` (scenario sha256, "
+             "seed, replications, library versions, command). Sweep folders are described in "
+             "[sweeps.md](sweeps.md).", ""]
     for name, cls, doc in (("bids.parquet", records.BidRow, "one row per bid (product) in every unit"),
                            ("units.parquet", records.UnitRow, "one row per molecule or device unit"),
                            ("tenders.parquet", records.TenderRow,

@@ -58,19 +58,22 @@ def load_forecast(path: str | Path, overrides: tuple[str, ...] = ()) -> Scenario
     return scenario_from_raw(raw, file)
 
 
-def calibrated_model_error() -> float | None:
-    """The drug average cut's structural error sd stored by `vbp calibrate` (None before one)."""
+def calibrated_model_error(stat: str = "avg_cut") -> float | None:
+    """A drug statistic's structural error sd stored by `vbp calibrate` (None before one): the
+    average cut's (`avg_cut`) or the share of bidding firms that win (`winner_share`)."""
     try:
-        sd = data.read_toml("calibration.toml").get("model_error", {}).get("avg_cut_sd")
+        me = data.read_toml("calibration.toml").get("model_error", {})
     except FileNotFoundError:
         return None
+    sd = me.get("avg_cut_sd") if stat == "avg_cut" else me.get(stat, {}).get("sd")
     return None if sd is None else float(sd)
 
 
 def forecast_summary(result: RunResult) -> dict:
     """The forecast JSON document: each statistic's mean and 95% interval over replications; for
-    the average cut and the annual savings also a 95% predictive interval (`pi_low`, `pi_high`)
-    that adds the calibration's out-of-sample model error (`vbp.predictive`)."""
+    the average cut and the annual savings, and for the winner share and winning firms, also a 95%
+    predictive interval (`pi_low`, `pi_high`) that adds the calibration's out-of-sample model error
+    of the cut or of the winner share (`vbp.predictive`)."""
     rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])
     rid = result.scenario.rounds[0].id
     sub = rm[rm["round"] == rid]
@@ -79,18 +82,22 @@ def forecast_summary(result: RunResult) -> dict:
         s = metrics.summarize(sub[stat])
         doc[stat] = {"mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"]}
     # estimated on the drug rounds, so only drug forecasts carry it
-    sd = calibrated_model_error() if result.scenario.rounds[0].category == "drug" else None
-    if sd is not None:
-        # predictive intervals: replication spread plus the model's structural error in the cut,
-        # which moves the savings in proportion (savings / cut per replication)
-        cut, sav = sub["avg_cut"].to_numpy(float), sub["annual_savings_bn"].to_numpy(float)
+    drug = result.scenario.rounds[0].category == "drug"
+    sds = {base: calibrated_model_error(base) if drug else None for base in ("avg_cut", "winner_share")}
+    # predictive intervals: replication spread plus the model's structural error in the cut, which
+    # moves the savings in proportion (savings / cut per replication), and in the winner share,
+    # which moves the winning firms in proportion (the bidding firms are an input)
+    for base, follower in (("avg_cut", "annual_savings_bn"), ("winner_share", "winning_firms")):
+        if sds[base] is None:
+            continue
+        x, f = sub[base].to_numpy(float), sub[follower].to_numpy(float)
         with np.errstate(divide="ignore", invalid="ignore"):
-            per_cut = np.where(cut > 0, sav / cut, np.nan)
-        for stat, scale in (("avg_cut", None), ("annual_savings_bn", per_cut)):
-            src = cut if stat == "avg_cut" else sav
-            lo, hi = predictive_interval(src, sd, seed=result.seed, scale=scale)
+            per = np.where(x > 0, f / x, np.nan)
+        for stat, src, scale in ((base, x, None), (follower, f, per)):
+            lo, hi = predictive_interval(src, sds[base], seed=result.seed, scale=scale)
             doc[stat].update(pi_low=lo, pi_high=hi)
-    doc["model_error_sd"] = sd
+    doc["model_error_sd"] = sds["avg_cut"]
+    doc["winner_share_model_error_sd"] = sds["winner_share"]
     doc["procured"] = {k: v for k, v in metrics.summarize(sub["procured"]).items() if k != "n"}
     doc["molecules_listed"] = result.scenario.rounds[0].molecules
     doc["cut_base"] = result.scenario.rounds[0].cut_base

@@ -394,6 +394,9 @@ def resolve_raw(doc: dict, file: str, *, calibrated: bool = True) -> dict:
         if parts[0] == "rulebooks" and len(parts) == 3 and parts[1] in rulebooks:
             rulebooks[parts[1]][parts[2]] = value
     extra = doc.get("rulebooks", {})
+    if isinstance(extra, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in extra):
+        # a resolved scenario (a results folder's scenario.toml) lists its rulebooks by name
+        extra = {t["name"]: {k: v for k, v in t.items() if k != "name"} for t in extra}
     if not isinstance(extra, dict):
         raise InputError("expected a table of rulebooks", file=file, field="rulebooks")
     for name, table in extra.items():
