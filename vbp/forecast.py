@@ -86,7 +86,7 @@ def forecast_summary(result: RunResult) -> dict:
     sds = {base: calibrated_model_error(base) if drug else None for base in ("avg_cut", "winner_share")}
     # predictive intervals: replication spread plus the model's structural error in the cut, which
     # moves the savings in proportion (savings / cut per replication), and in the winner share,
-    # which moves the winning firms in proportion (the bidding firms are an input)
+    # which moves the winning firms in proportion (winning firms = share x the replication's bidders)
     for base, follower in (("avg_cut", "annual_savings_bn"), ("winner_share", "winning_firms")):
         if sds[base] is None:
             continue
