@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -237,8 +237,8 @@ class GroupFit:
     confirmed: dict[str, float]  # simulated moments at the optimum
     objective: float
     loro: list[dict]  # leave-one-round-out: each drug round's average cut, refitted without the round
-    loro_share: list[dict] = ()  # the same refits' share of bidding firms that win, where published
-    rolling: list[dict] = ()  # rolling origin: each round predicted from the rounds before it only
+    loro_share: list[dict] = field(default_factory=list)  # the same refits' winner share, where published
+    rolling: list[dict] = field(default_factory=list)  # rolling origin: each round from the earlier ones only
 
 
 def _objective(coef: np.ndarray, pub: np.ndarray, w: np.ndarray, keep: np.ndarray):
@@ -471,7 +471,7 @@ def model_error(fits: list[GroupFit], *, seed: int, workers: int, reps: int = MO
                      "cuts, less each round's replication variance s^2 at the calibrated parameters",
            "covered": sum(r["covered"] for r in rows), "rounds_checked": len(rows), "rounds": rows}
     if drug.loro_share:
-        sd, rows = check(list(drug.loro_share), "winner_share")
+        sd, rows = check(drug.loro_share, "winner_share")
         doc["winner_share"] = {"sd": round(sd, 4), "covered": sum(r["covered"] for r in rows),
                                "rounds_checked": len(rows), "rounds": rows}
     return doc

@@ -256,6 +256,14 @@ def _covers(r: dict, prefix: str = "") -> str:
     return ("yes" if r[key] else "NO") if key in r else ""
 
 
+def _share_cells(r: dict) -> tuple[str, str]:
+    """'predicted [published]' and the error of a row's winner share, blank when it has none."""
+    if "winner_share_predicted" not in r:
+        return "", ""
+    return (f"{_fmt(r['winner_share_predicted'], 'pct')} [{_fmt(r['winner_share_published'], 'pct')}]",
+            f"{100 * r['winner_share_error']:+.1f} pts")
+
+
 def _print_tables(result, rows, per_round, checks: dict) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -323,11 +331,8 @@ def _print_tables(result, rows, per_round, checks: dict) -> None:
                     escape("winner share [published]"), "error ", "covers "):
             o.add_column(col, justify="left" if col == "round" else "right")
         for r in loro:
-            share = "winner_share_predicted" in r
             o.add_row(r["round"], _fmt(r["published"], "pct"), _fmt(r["predicted"], "pct"),
-                      f"{100 * r['error']:+.1f} pts", _pi(r), _covers(r),
-                      f"{_fmt(r['winner_share_predicted'], 'pct')} [{_fmt(r['winner_share_published'], 'pct')}]"
-                      if share else "", f"{100 * r['winner_share_error']:+.1f} pts" if share else "",
+                      f"{100 * r['error']:+.1f} pts", _pi(r), _covers(r), *_share_cells(r),
                       _covers(r, "winner_share_"))
         mae = sum(abs(r["error"]) for r in loro) / len(loro)
         covered = [r["covered"] for r in loro if "covered" in r]
@@ -345,11 +350,8 @@ def _print_tables(result, rows, per_round, checks: dict) -> None:
                     "error "):
             o.add_column(col, justify="left" if col in ("round", "fitted on") else "right")
         for r in rolling:
-            share = "winner_share_predicted" in r
             o.add_row(r["round"], f"{r['trained_on'][0]} – {r['trained_on'][-1]}", _fmt(r["published"], "pct"),
-                      _fmt(r["predicted"], "pct"), f"{100 * r['error']:+.1f} pts",
-                      f"{_fmt(r['winner_share_predicted'], 'pct')} [{_fmt(r['winner_share_published'], 'pct')}]"
-                      if share else "", f"{100 * r['winner_share_error']:+.1f} pts" if share else "")
+                      _fmt(r["predicted"], "pct"), f"{100 * r['error']:+.1f} pts", *_share_cells(r))
         mae = sum(abs(r["error"]) for r in rolling) / len(rolling)
         o.add_row("mean absolute error", "", "", "", f"{100 * mae:.1f} pts", "", "")
         console.print(o)
