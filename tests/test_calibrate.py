@@ -23,6 +23,10 @@ def test_moments_exclude_savings_and_rounds_after_batch7():
     # winners per molecule only where bidding products are published: batch 5 (355), not batches 2-4, 7
     assert {m.name: m for m in ms}["batch5.winners_per_unit"].published == pytest.approx(251 / 61)
     assert not {"batch2.winners_per_unit", "batch3.winners_per_unit", "batch7.winners_per_unit"} & names
+    # every drug round's share of listed molecules procured (a round that drops molecules is not a fit)
+    assert {m.name: m for m in ms}["batch3.procured_share"].published == pytest.approx(55 / 56)
+    assert {f"{r}.procured_share" for r in ("batch2", "batch4", "batch5", "batch7")} <= names
+    assert not {"joints.procured_share", "insulin.procured_share"} & names
 
 
 def test_quadratic_surrogate_is_exact_on_a_quadratic():
@@ -35,8 +39,40 @@ def test_quadratic_surrogate_is_exact_on_a_quadratic():
 
 def test_unit_scaling_round_trips():
     params = cal.GROUPS[0].params
-    x = np.array([0.2, 0.9, 0.3, 62.0, 0.7, 0.4])
+    x = np.array([0.2, 0.9, 0.3, 62.0, 0.7, 0.4, 0.8])
     np.testing.assert_allclose(cal._from_unit(cal._to_unit(x, params), params), x)
+
+
+def test_the_ceiling_ratio_has_a_prior_at_the_assumed_ratio():
+    """Before calibration the drug ceilings were taken to equal the reference (1.0, L): that is the
+    prior the fit is drawn towards, and it costs nothing there."""
+    params = cal.GROUPS[0].params
+    ceiling = next(p for p in params if p.path == "market.ceiling_ratio_drug")
+    assert ceiling.prior == 1.0 and ceiling.prior_sd > 0
+    x = np.array([0.2, 0.9, 0.3, 62.0, 0.7, 0.4, 1.0])
+    assert cal._prior_penalty(cal._to_unit(x, params), params) == pytest.approx(0.0, abs=1e-12)
+    x[-1] = np.exp(-ceiling.prior_sd)  # one log-sd below the prior
+    assert cal._prior_penalty(cal._to_unit(x, params), params) == pytest.approx(1.0)
+
+
+def test_a_parameter_no_kept_moment_depends_on_returns_to_its_prior():
+    """In a leave-one-round-out or rolling refit without the round that identifies a parameter,
+    the prior, not the edge of the box, decides it."""
+    params = cal.GROUPS[0].params
+    dim = len(params)
+    k = [p.path for p in params].index("market.ceiling_ratio_drug")
+    n_feat = cal._features(np.zeros(dim)).shape[1]
+    coef = np.zeros((n_feat, 2))
+    coef[0, 0], coef[1, 0] = 0.4, 0.2  # moment 0 depends on parameter 0 only
+    coef[0, 1], coef[1 + k, 1] = 0.5, -0.3  # moment 1 on the ceiling ratio only
+    pub, w = np.array([0.5, 0.3]), np.array([1e4, 1e4])
+    starts = np.array([np.full(dim, 0.1), np.full(dim, 0.9)])
+    u_all = cal._minimise(cal._objective(coef, pub, w, np.array([True, True]), params), dim, starts)
+    u_left = cal._minimise(cal._objective(coef, pub, w, np.array([True, False]), params), dim, starts)
+    x_all, x_left = cal._from_unit(u_all, params), cal._from_unit(u_left, params)
+    assert x_left[k] == pytest.approx(1.0, rel=1e-3)  # back to the prior
+    assert 0.5 - 0.3 * u_all[k] == pytest.approx(0.3, abs=0.01)  # the data move it when kept
+    assert x_all[k] < 0.95
 
 
 def test_stent_calibration_reproduces_the_stent_cut():

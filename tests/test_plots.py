@@ -2,12 +2,14 @@
 
 The Agg backend is set in conftest.py. Run folders come from `vbp run tests/data/tiny.toml`
 (cost_plus, two replications); sweep folders are synthetic tables in the contract `vbp sweep`
-writes (results.csv, sobol.csv, counterfactual.csv, manifest.json).
+writes (results.csv, sobol.csv, counterfactual.csv, manifest.json); a reproduce-like folder is the run
+folder relabelled as the national history, with out-of-sample rows in its summary.json.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -83,6 +85,32 @@ def sweep_dir(tmp_path) -> Path:
     return write_sweep(tmp_path / "S")
 
 
+LORO = [{"round": "pilot", "published": 0.52, "predicted": 0.54, "error": 0.02, "pi_low": 0.23,
+         "pi_high": 0.71, "covered": True},
+        {"round": "batch2", "published": 0.53, "predicted": 0.50, "error": -0.03, "pi_low": 0.375,
+         "pi_high": 0.60, "covered": True, "winner_share_published": 0.58, "winner_share_predicted": 0.62},
+        {"round": "batch3", "published": 0.53, "predicted": 0.504, "error": -0.026, "pi_low": 0.417,
+         "pi_high": 0.593, "covered": True}]
+ROLLING = [{"round": "batch3", "trained_on": ["pilot", "batch2"], "published": 0.53, "predicted": 0.513,
+            "error": -0.017, "winner_share_published": 0.66, "winner_share_predicted": 0.81}]
+
+
+def write_reproduce(folder: Path, run: Path, loro: list[dict]) -> Path:
+    """The run folder relabelled as a reproduce of the national history, `loro` in its summary.json."""
+    shutil.copytree(run, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "kind": "reproduce",
+                                                      "scenario": report.HEADLINE_SCENARIO}))
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "loro": loro, "rolling_origin": ROLLING}))
+    return folder
+
+
+@pytest.fixture()
+def reproduce_dir(run_dir, tmp_path) -> Path:
+    return write_reproduce(tmp_path / "P", run_dir, LORO)
+
+
 def check_figure(path: Path, fmt: str = "png") -> None:
     assert path.is_file(), path
     size = path.stat().st_size
@@ -153,11 +181,28 @@ def test_kinds_that_fit(run_dir, sweep_dir, tmp_path):
     assert report.fitting(report.load_results(only)) == ["counterfactual"]
 
 
+def test_validation_fits_only_with_leave_one_round_out_rows(run_dir, reproduce_dir, tmp_path):
+    assert report.fitting(report.load_results(reproduce_dir)) == [
+        "targets", "cuts", "savings", "validation", "bids", "winners"]
+    no_loro = write_reproduce(tmp_path / "none", run_dir, [])
+    assert "validation" not in report.fitting(report.load_results(no_loro))
+    assert "validation" not in report.fitting(report.load_results(run_dir))  # not the national history
+
+
+def test_plot_validation_writes_the_figure(reproduce_dir, tmp_path):
+    result = invoke("plot", str(reproduce_dir), "--kind", "validation", "--out", str(tmp_path / "F"))
+    ok(result)
+    check_figure(tmp_path / "F" / "validation.png")
+    assert [p.name for p in (tmp_path / "F").iterdir()] == ["validation.png"]
+
+
 @pytest.mark.parametrize("args, words", [
     (("plot", "{missing}"), "no such results folder"),
     (("plot", "{empty}"), "no manifest.json"),
     (("plot", "{run}", "--kind", "sobol"), "does not fit"),
     (("plot", "{sweep}", "--kind", "bids"), "does not fit"),
+    (("plot", "{sweep}", "--kind", "validation"), "does not fit"),
+    (("plot", "{run}", "--kind", "validation"), "does not fit"),
     (("plot", "{bad}"), "manifest.json is unreadable"),
 ])
 def test_plot_bad_input_exits_2(run_dir, sweep_dir, tmp_path, args, words):
@@ -200,6 +245,7 @@ def test_functions_return_the_given_axes(run_dir, sweep_dir):
         lambda ax: plots.plot_targets(res.table("targets.csv"), ax=ax),
         lambda ax: plots.plot_round_cuts(report.round_summary(res), ax=ax),
         lambda ax: plots.plot_savings_path(res.table("savings_path.csv"), None, ax=ax),
+        lambda ax: plots.plot_validation(pd.DataFrame(LORO), pd.DataFrame(ROLLING), ax=ax),
         lambda ax: plots.plot_bids(b, ax=ax),
         lambda ax: plots.plot_bid_gate(b, gates, ax=ax, anchor_factor=anchors),
         lambda ax: plots.plot_winners(res.table("units.parquet"), (1, 2, 2, 3), ax=ax),
@@ -231,6 +277,28 @@ def test_round_cuts_show_published_points_and_intervals():
     assert len(published) == 1 and published[0].get_offsets().tolist() == [[0.0, 0.53]]
     assert [tl.get_text() for tl in ax.get_xticklabels()] == ["batch2", "stents"]
     assert ax.get_ylabel() == "average price cut (%)"
+    plt.close(ax.figure)
+
+
+def test_validation_shows_published_points_intervals_and_forecasts():
+    ax = plots.plot_validation(pd.DataFrame(LORO), pd.DataFrame(ROLLING))
+    published = [c for c in ax.collections if c.get_label() == "published"]
+    assert len(published) == 1
+    assert published[0].get_offsets().tolist() == [[0.0, 0.52], [1.0, 0.53], [2.0, 0.53]]
+    (bars,) = ax.containers[0].lines[2]
+    extents = np.array([sorted(seg[:, 1]) for seg in bars.get_segments()])
+    assert extents == pytest.approx(np.array([[r["pi_low"], r["pi_high"]] for r in LORO]))
+    assert ax.yaxis.get_major_formatter()(0.375, 0) == "37.5%"
+    rolling = [c for c in ax.collections if c.get_label() == "rolling origin"]
+    assert np.asarray(rolling[0].get_offsets()) == pytest.approx(np.array([[2.15, 0.513]]))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "published", "round left out (95% PI)", "rolling origin"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["pilot", "batch2", "batch3"]
+    assert ax.get_title() == "Out of sample: drug average cuts"
+    plt.close(ax.figure)
+    ax = plots.plot_validation(pd.DataFrame(LORO).drop(columns=["pi_low", "pi_high"]), None)
+    assert ax.containers[0].lines[0].get_ydata().tolist() == [r["predicted"] for r in LORO]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["published", "round left out (95% PI)"]
     plt.close(ax.figure)
 
 

@@ -9,7 +9,9 @@ Few structural parameters are fitted to many published moments of the rounds up 
   win something) and `originator_premium` (the brand margin an originator gives up by winning, why
   originators bid high and mostly lose); fitted to every drug round's average cut, maximum cut,
   share of bidding firms that win, winning products per molecule where bidding products are
-  published, and the pilot's share of listed molecules procured;
+  published, and every round's share of listed molecules procured; `market.ceiling_ratio_drug`
+  (the drug ceilings / pre-VBP prices, not published; prior 1.0), measured because batches 2-5
+  publish cuts against the pre-VBP price and batch 7 against the ceiling;
 - devices and insulin: one cost level each (`cost_median_stent`, `cost_median_joint`,
   `cost_median_insulin`), fitted to the round's average cut and its winner counts.
 
@@ -59,6 +61,8 @@ class Param:
     high: float
     why: str
     integer: bool = False  # round to a whole number (counts)
+    prior: float | None = None  # an assumed value the fit is drawn towards (penalty ((ln x - ln prior) / prior_sd)^2)
+    prior_sd: float = 0.0  # its log-sd: how far from the prior the value may plausibly be
 
     @property
     def name(self) -> str:
@@ -91,8 +95,12 @@ GROUPS = (
               "products bidding in the pilot: not published (1-4 per molecule), estimated", integer=True),
         Param("agents.cost_tau_drug", 0.05, 1.5,
               "molecules differ in how far their reference price sits above generic cost (sets maximum cuts)"),
-        Param("agents.cost_firm_share_drug", 0.02, 0.95,
+        Param("agents.cost_firm_share_drug", 0.02, 0.98,
               "a firm's products share its efficiency, so its wins are correlated (sets the firm winner share)"),
+        Param("market.ceiling_ratio_drug", 0.5, 1.3,
+              "ceilings of batches 2-7 / pre-VBP reference prices: not published; batches 2-5 publish cuts against "
+              "the reference, batch 7 against the ceiling, so the two sets of cuts measure it",
+              prior=1.0, prior_sd=0.25),
     ), 48),
     Group("stent", ("stents",), (Param("agents.cost_median_stent", 0.005, 0.2, "stent unit cost"),), 8),
     Group("joint", ("joints",), (
@@ -144,8 +152,8 @@ def moments_for(rounds: tuple[str, ...]) -> list[Moment]:
         if t.get("winning_firms") and bidders.get(rid) and rid != "insulin":  # insulin bidders are L
             share = t["winning_firms"] / bidders[rid]
             out.append(Moment(f"{rid}.winner_share", rid, "winner_share", share, _SCALES["winner_share"]))
-        if rid == "pilot" and t.get("products_won"):
-            out.append(Moment("pilot.procured_share", rid, "procured_share", t["products_won"] / listed[rid],
+        if t.get("products_won") and rid not in ("stents", "joints", "insulin"):  # molecules with a winner
+            out.append(Moment(f"{rid}.procured_share", rid, "procured_share", t["products_won"] / listed[rid],
                               _SCALES["procured_share"]))
     return out
 
@@ -241,10 +249,21 @@ class GroupFit:
     rolling: list[dict] = field(default_factory=list)  # rolling origin: each round from the earlier ones only
 
 
-def _objective(coef: np.ndarray, pub: np.ndarray, w: np.ndarray, keep: np.ndarray):
+def _prior_penalty(u: np.ndarray, params: tuple[Param, ...]) -> float:
+    """Sum over parameters with a prior of ((ln x - ln prior) / prior_sd)^2, at unit point u."""
+    total = 0.0
+    for i, p in enumerate(params):
+        if p.prior is not None:
+            ln_x = np.log(p.low) + float(u[i]) * (np.log(p.high) - np.log(p.low))
+            total += ((ln_x - np.log(p.prior)) / p.prior_sd) ** 2
+    return total
+
+
+def _objective(coef: np.ndarray, pub: np.ndarray, w: np.ndarray, keep: np.ndarray, params: tuple[Param, ...]):
+    """Weighted squared distance of the surrogate's moments to the kept published ones, plus priors."""
     def f(u):
         pred = _features(u) @ coef
-        return float(np.sum(w[keep] * (pred[0, keep] - pub[keep]) ** 2))
+        return float(np.sum(w[keep] * (pred[0, keep] - pub[keep]) ** 2)) + _prior_penalty(u, params)
     return f
 
 
@@ -285,13 +304,13 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
         coef, *_ = np.linalg.lstsq(_features(points[ok]), y[ok], rcond=None)
         resid = y[ok] - _features(points[ok]) @ coef
         r2 = {n: float(1 - resid[:, j].var() / max(y[ok][:, j].var(), 1e-12)) for j, n in enumerate(names)}
-        order = np.argsort([_objective(coef, pub, w, keep_all)(row) for row in points[ok]])
+        order = np.argsort([_objective(coef, pub, w, keep_all, group.params)(row) for row in points[ok]])
         starts = np.vstack([points[ok][order[:4]], np.full(dim, 0.5)])
         return y, coef, r2, starts
 
     # stage 1: global design over the box
     y1, coef1, _, starts = stage(u, "global")
-    u_mid = _minimise(_objective(coef1, pub, w, keep_all), dim, starts)
+    u_mid = _minimise(_objective(coef1, pub, w, keep_all, group.params), dim, starts)
     # stage 2: a local design around the stage-1 optimum (a quadratic is accurate locally)
     half = 0.2
     lo, hi = np.clip(u_mid - half, 0, 1), np.clip(u_mid + half, 0, 1)
@@ -302,15 +321,16 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
     y, coef, r2, starts = stage(local, "local")
     u = np.vstack([u, local])
     y = np.vstack([y1, y])
-    u_hat = _minimise(_objective(coef, pub, w, keep_all), dim, np.vstack([starts, u_mid]))
+    u_hat = _minimise(_objective(coef, pub, w, keep_all, group.params), dim, np.vstack([starts, u_mid]))
     theta = _from_unit(u_hat, group.params)
     theta = np.array([round(v) if p.integer else v for p, v in zip(group.params, theta)])
     confirmed = _run_tasks([(scen(theta), moments, reps, seed)], 1, None)[0]
     sim = np.array([confirmed[n] for n in names])
-    objective = float(np.sum(w * (sim - pub) ** 2))
+    objective = float(np.sum(w * (sim - pub) ** 2)) + _prior_penalty(u_hat, group.params)
     # The surrogate can mislead where a moment bends (e.g. at a box edge): every design point was
     # simulated with the same seeds, so if one fits better than the surrogate's optimum, take it.
-    design_obj = np.where(np.all(np.isfinite(y), axis=1), np.sum(w * (y - pub) ** 2, axis=1), np.inf)
+    design_obj = np.where(np.all(np.isfinite(y), axis=1), np.sum(w * (y - pub) ** 2, axis=1)
+                          + np.array([_prior_penalty(row, group.params) for row in u]), np.inf)
     best = int(np.argmin(design_obj))
     if design_obj[best] < objective:
         u_hat = u[best]
@@ -318,7 +338,7 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
         theta = np.array([round(v) if p.integer else v for p, v in zip(group.params, theta)])
         confirmed = _run_tasks([(scen(theta), moments, reps, seed)], 1, None)[0]
         sim = np.array([confirmed[n] for n in names])
-        objective = float(np.sum(w * (sim - pub) ** 2))
+        objective = float(np.sum(w * (sim - pub) ** 2)) + _prior_penalty(u_hat, group.params)
     loro, loro_share, rolling = [], [], []
     if group.name == "drug":
         # the whole design (global and local points) for a surrogate valid across the box
@@ -326,7 +346,7 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
         coef_all, *_ = np.linalg.lstsq(_features(u[fin]), y[fin], rcond=None)
 
         def refit(keep: np.ndarray) -> np.ndarray:
-            return _minimise(_objective(coef_all, pub, w, keep), dim, np.vstack([starts, u_hat]))
+            return _minimise(_objective(coef_all, pub, w, keep, group.params), dim, np.vstack([starts, u_hat]))
 
         def predicted(u_r: np.ndarray, r: str, stat: str) -> dict | None:
             name = f"{r}.{stat}"
@@ -355,7 +375,7 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
                     rolling.append({**row, "stat": stat, "trained_on": list(earlier)})
     return GroupFit(group.name, {p.path: (int(v) if p.integer else float(v)) for p, v in zip(group.params, theta)},
                     moments, u, y, coef, r2,
-                    float(_objective(coef, pub, w, keep_all)(u_hat)), confirmed, objective, loro,
+                    float(_objective(coef, pub, w, keep_all, group.params)(u_hat)), confirmed, objective, loro,
                     loro_share, rolling)
 
 
@@ -415,6 +435,8 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
             "date": doc["meta"]["date"],
             "parameters": {k: v for k, v in params.items() if k in f.params},
             "why": {p.path: p.why for g in GROUPS if g.name == f.group for p in g.params},
+            "priors": {p.path: {"value": p.prior, "log_sd": p.prior_sd}
+                       for g in GROUPS if g.name == f.group for p in g.params if p.prior is not None},
             "objective": round(f.objective, 4),
             "objective_surrogate": round(f.objective_surrogate, 4),
             "design_points": int(len(f.design_u)),

@@ -14,8 +14,8 @@ from vbp.errors import InputError
 
 __all__ = ["plot_command", "report_command"]
 
-_KIND_NAMES = ("targets", "cuts", "savings", "bids", "winners", "response", "heatmap", "sobol",
-               "counterfactual")
+_KIND_NAMES = ("targets", "cuts", "savings", "validation", "bids", "winners", "response", "heatmap",
+               "sobol", "counterfactual")
 
 
 def _agg() -> None:

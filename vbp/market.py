@@ -190,7 +190,7 @@ def _drug_units(rnd, agents, market, pool, rng) -> list[Unit]:
         idx, pdem = _province_split(rnd, demand)
         units.append(Unit(
             round_id=rnd.id, index=m, label=f"{rnd.id}/m{m + 1:02d}", norm_price=float(ref[m]),
-            ref_price=np.full(n, ref[m]), demand=float(demand), ceiling=float(rnd.ceiling_ratio * ref[m]),
+            ref_price=np.full(n, ref[m]), demand=float(demand), ceiling=float(market.ceiling(rnd) * ref[m]),
             firm=firm, originator=orig, cost=cost, reserve=reserve,
             capacity=_capacity(agents, demand, n, rng), demand_share=None,
             province_idx=idx, province_demand=pdem,
@@ -269,7 +269,7 @@ def _insulin_units(rnd, agents, market, pool, rng) -> list[Unit]:
         cost = dist.sample(rng, n) * ref[m]
         units.append(Unit(
             round_id=rnd.id, index=m, label=f"{rnd.id}/g{m + 1:02d}", norm_price=float(ref[m]),
-            ref_price=np.full(n, ref[m]), demand=float(demand), ceiling=float(rnd.ceiling_ratio * ref[m]),
+            ref_price=np.full(n, ref[m]), demand=float(demand), ceiling=float(market.ceiling(rnd) * ref[m]),
             firm=firm, originator=np.zeros(n, dtype=bool), cost=cost, reserve=cost.copy(),
             capacity=_capacity(agents, demand, n, rng), demand_share=_brand_shares(n, 1.0, rng),
             province_idx=idx, province_demand=pdem,
@@ -290,7 +290,7 @@ def _stent_units(rnd, agents, market, pool, rng) -> list[Unit]:
     return [Unit(
         round_id=rnd.id, index=0, label=f"{rnd.id}/all", norm_price=float(ref_yuan),
         ref_price=ref_yuan * rng.lognormal(0.0, market.product_price_sigma, size=n), demand=float(demand),
-        ceiling=float(rnd.ceiling_ratio * ref_yuan), firm=firm, originator=np.zeros(n, dtype=bool),
+        ceiling=float(market.ceiling(rnd) * ref_yuan), firm=firm, originator=np.zeros(n, dtype=bool),
         cost=cost, reserve=cost.copy(), capacity=_capacity(agents, demand, n, rng),
         demand_share=_brand_shares(n, 1.0, rng), province_idx=idx, province_demand=pdem,
     )]
@@ -324,7 +324,7 @@ def _joint_units(rnd, agents, market, pool, rng) -> list[Unit]:
             units.append(Unit(
                 round_id=rnd.id, index=len(units), label=f"{rnd.id}/{cat}/{g}", norm_price=ref_yuan,
                 ref_price=ref_yuan * rng.lognormal(0.0, market.product_price_sigma, size=n),
-                demand=float(demand), ceiling=float(rnd.ceiling_ratio * ref_yuan), firm=member[mask],
+                demand=float(demand), ceiling=float(market.ceiling(rnd) * ref_yuan), firm=member[mask],
                 originator=np.zeros(n, dtype=bool), cost=cost, reserve=cost.copy(),
                 capacity=_capacity(agents, demand, n, rng),
                 demand_share=shares[mask] / shares[mask].sum(), province_idx=idx, province_demand=pdem,

@@ -23,7 +23,7 @@ from vbp.rules import lookup
 __all__ = [
     "DEVICE_CATEGORIES", "band", "bid_ratios", "plot_bid_gate", "plot_bids", "plot_counterfactual",
     "plot_heatmap", "plot_response", "plot_round_cuts", "plot_savings_path", "plot_sobol",
-    "plot_targets", "plot_winners"
+    "plot_targets", "plot_validation", "plot_winners"
 ]
 
 DEVICE_CATEGORIES = frozenset({"stent", "joint"})
@@ -156,6 +156,43 @@ def plot_round_cuts(table: pd.DataFrame, ax: Axes | None = None) -> Axes:
                   columnspacing=0.9)
     else:
         ax.legend(loc="best")
+    return style.finish(ax)
+
+
+@_styled
+def plot_validation(loro: pd.DataFrame, rolling: pd.DataFrame | None, ax: Axes | None = None) -> Axes:
+    """Out-of-sample record of the drug average cuts: each round predicted without its own data.
+
+    `loro`: one row per round in time order, columns round, published, predicted and optionally
+    pi_low, pi_high (the leave-one-round-out prediction and its 95% predictive interval).
+    `rolling`: columns round, predicted (a forecast fitted to the earlier rounds only), drawn for
+    the rounds of `loro` it holds. Why: in-sample fit flatters a calibrated model; this shows how
+    well it predicts rounds it was not fitted to.
+    """
+    t = loro.reset_index(drop=True)
+    ax = _axes(ax, style.COLUMN_IN, 2.6)
+    x = np.arange(len(t))
+    ax.scatter(x, t["published"], marker="D", s=22, facecolors="none", edgecolors="black", lw=0.9,
+               zorder=3, label="published")
+    m = t["predicted"].to_numpy(float)
+    lo, hi = (pd.to_numeric(t.get(c, pd.Series(np.nan, index=t.index))).to_numpy(float)
+              for c in ("pi_low", "pi_high"))
+    ax.errorbar(x - 0.15, m, yerr=[m - lo, hi - m], fmt="o", color=style.PALETTE["blue"], ms=4, lw=1.4,
+                label="round left out (95% PI)")
+    if rolling is not None and len(rolling):
+        pos = dict(zip(t["round"], x))
+        r = rolling[rolling["round"].isin(pos)]
+        ax.scatter(r["round"].map(pos) + 0.15, r["predicted"], marker="^", s=20,
+                   color=style.PALETTE["vermillion"], zorder=3, label="rolling origin")
+    ax.set_xticks(x, t["round"], rotation=40, ha="right", rotation_mode="anchor")
+    ax.set_xlim(-0.6, len(t) - 0.4)
+    style.percent_axis(ax)
+    ax.set_ylabel("average price cut (%)")
+    ax.set_title("Out of sample: drug average cuts", pad=16)
+    handles = dict(zip(*ax.get_legend_handles_labels()[::-1]))
+    names = [n for n in ("published", "round left out (95% PI)", "rolling origin") if n in handles]
+    ax.legend([handles[n] for n in names], names, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3,
+              handletextpad=0.3, columnspacing=0.9)
     return style.finish(ax)
 
 

@@ -234,6 +234,16 @@ def _draw_savings(res, wanted) -> Drawn:
              "purchases): simulated mean and 95% band; official cumulative statements as points."))]
 
 
+def _draw_validation(res, wanted) -> Drawn:
+    summ = res.summary()
+    t = pd.DataFrame(summ["loro"])
+    fig, ax = _one(min(style.DOUBLE_IN, max(style.COLUMN_IN, 0.8 + 0.4 * len(t))), 2.8)
+    plots.plot_validation(t, pd.DataFrame(summ.get("rolling_origin") or []), ax=ax)
+    return [("validation", fig, ("Out-of-sample drug average cuts: the published cut (open diamond); the "
+             "leave-one-round-out prediction, refitted without the round, with its 95% predictive "
+             "interval (point and bar); the rolling-origin forecast, fitted to the earlier rounds only (triangle)."))]
+
+
 def _draw_bids(res, wanted) -> Drawn:
     b, gates, anchors = _bids(res)
     width = min(style.DOUBLE_IN, max(style.COLUMN_IN, 1.2 + 0.6 * b["round"].nunique()))
@@ -358,11 +368,18 @@ def _sweep_with(n_params: int) -> Callable[[Results], bool]:
     return lambda r: r.kind == "sweep" and _nonempty(r, "results.csv") and len(_parameters(r)) >= n_params
 
 
+def _validated(res: Results) -> bool:
+    """Fits a national-history run whose summary holds leave-one-round-out predictions (as its table)."""
+    return res.kind in RUN_KINDS and res.manifest.get("scenario") == HEADLINE_SCENARIO and bool(
+        res.summary().get("loro"))
+
+
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("targets", _run_with("targets.csv"), _draw_targets),
     Kind("cuts", _run_with("round_metrics.csv"), _draw_cuts),
     Kind("savings", lambda r: _run_with("savings_path.csv")(r) or _run_with("deliveries.parquet")(r),
          _draw_savings),
+    Kind("validation", _validated, _draw_validation),
     Kind("bids", _run_with("bids.parquet", "scenario.toml"), _draw_bids),
     Kind("winners", _run_with("units.parquet", "scenario.toml"), _draw_winners),
     Kind("response", _sweep_with(1), _draw_response),

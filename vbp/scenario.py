@@ -62,7 +62,9 @@ class Round(_Frozen):
     bidding_products: int | None = Field(default=None, ge=1, description="products bidding")
     market_value_bn: float = Field(gt=0, description="annual reported demand at reference prices, CNY bn")
     coverage: float = Field(default=1.0, gt=0, le=1, description="share of national demand covered")
-    ceiling_ratio: float = Field(default=1.0, gt=0, le=10, description="ceiling / reference price")
+    ceiling_ratio: float | None = Field(
+        default=None, gt=0, le=10, description="ceiling / reference price; unset: market.ceiling_ratio_drug "
+        "for a drug round, 1.0 otherwise")
     ceiling_from: str | None = Field(default=None, description="round whose winning price caps bids")
     cut_base: Literal["reference", "ceiling"] = Field(
         default="reference", description="price the round's published cut is measured against: the pre-VBP "
@@ -152,6 +154,9 @@ class MarketParams(_Frozen):
     molecule_value_sigma: float = Field(1.0, ge=0, le=5, description="log-sd of molecule market values within a round")
     bidders_dispersion: float = Field(2.0, gt=0, le=100,
                                       description="gamma shape of bidders per molecule (lower = more uneven)")
+    ceiling_ratio_drug: float = Field(
+        1.0, gt=0, le=10, description="ceiling (maximum valid declared price) / pre-VBP reference price of the "
+                                      "drug rounds whose ceilings are not documented (ceiling_ratio unset)")
     ref_price_median_yuan: float = Field(1.5, gt=0, description="median reference price per unit, drugs, yuan")
     ref_price_sigma: float = Field(1.2, ge=0, le=5, description="log-sd of drug reference prices")
     product_price_sigma: float = Field(0.25, ge=0, le=3, description="log-sd of product reference prices, devices")
@@ -160,6 +165,14 @@ class MarketParams(_Frozen):
     joint_participation: float = Field(0.6, gt=0, le=1, description="chance a joint maker bids in a category")
     renewal: Literal["extend", "none", "retender"] = Field(
         "extend", description="at expiry: extend at the last price, stop, or re-tender among surviving firms")
+
+
+    def ceiling(self, rnd: Round) -> float:
+        """A round's ceiling / reference price: its own where documented, else (drug rounds) the
+        market-wide `ceiling_ratio_drug`; 1.0 for other rounds."""
+        if rnd.ceiling_ratio is not None:
+            return rnd.ceiling_ratio
+        return self.ceiling_ratio_drug if rnd.category == "drug" else 1.0
 
 
 class DynamicsParams(_Frozen):
@@ -386,6 +399,9 @@ def resolve_raw(doc: dict, file: str, *, calibrated: bool = True) -> dict:
             raise InputError(f"round id must be text, got {r['id']!r}", file=file, field=field + ".id")
         if r["id"] in rounds:
             raise InputError(f"round {r['id']!r} listed twice", file=file, field=field)
+        for name, f in Round.model_fields.items():  # every optional field present, so --set can reach it
+            if not f.is_required():
+                r.setdefault(name, f.default)
         rounds[r["id"]] = r
 
     rulebooks = copy.deepcopy(data.read_toml("rulebooks.toml")["rulebooks"])
