@@ -251,12 +251,9 @@ class GroupFit:
 
 def _prior_penalty(u: np.ndarray, params: tuple[Param, ...]) -> float:
     """Sum over parameters with a prior of ((ln x - ln prior) / prior_sd)^2, at unit point u."""
-    total = 0.0
-    for i, p in enumerate(params):
-        if p.prior is not None:
-            ln_x = np.log(p.low) + float(u[i]) * (np.log(p.high) - np.log(p.low))
-            total += ((ln_x - np.log(p.prior)) / p.prior_sd) ** 2
-    return total
+    x = _from_unit(u, params)
+    return float(sum(((np.log(v) - np.log(p.prior)) / p.prior_sd) ** 2
+                     for p, v in zip(params, x) if p.prior is not None))
 
 
 def _objective(coef: np.ndarray, pub: np.ndarray, w: np.ndarray, keep: np.ndarray, params: tuple[Param, ...]):
