@@ -112,7 +112,8 @@ GROUPS = (
 )
 
 #: Earlier drug rounds a rolling-origin forecast is fitted on, at least (the first such forecast,
-#: of batch 3, fits six parameters to the nine moments of the pilot, the expansion and batch 2).
+#: of batch 3, fits the seven drug parameters to the eleven moments of the pilot, the expansion and
+#: batch 2, with the ceiling ratio's prior).
 ROLLING_MIN_ROUNDS = 3
 
 # Weights: a moment's squared error is divided by its scale squared, the scale reflecting how well
