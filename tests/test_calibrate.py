@@ -134,6 +134,13 @@ def test_rolling_origin_forecasts_fit_on_earlier_rounds_only(monkeypatch):
     assert [r["round"] for r in fit.loro_share] == ["expansion", "batch2", "batch3", "batch4", "batch5", "batch7"]
     doc = cal.to_toml([fit], command="test", seed=1, reps=1)
     assert len(doc["rolling"]) == len(fit.rolling) and len(doc["loro_winner_share"]) == 6
+    # every refit is written with its parameter values, inside the search box
+    paths = {p.path: p for p in cal.GROUPS[0].params}
+    refits = doc["loro"] + [r for r in doc["rolling"] if r["stat"] == "avg_cut"]
+    assert len(refits) == 7 + 4
+    for row in refits:
+        assert set(row["params"]) == set(paths)
+        assert all(paths[k].low - 1e-3 <= v <= paths[k].high + 1e-3 for k, v in row["params"].items())
     # a later round's published moments cannot move the forecast of an earlier one
     moved = _fake_drug_fit(monkeypatch, shift={"batch5": 0.05, "batch7": -0.08})  # b5: its avg cut and shares
     before = {(r["round"], r["stat"]): r["predicted"] for r in fit.rolling}

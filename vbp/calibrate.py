@@ -250,6 +250,11 @@ class GroupFit:
     rolling: list[dict] = field(default_factory=list)  # rolling origin: each round from the earlier ones only
 
 
+def _named(u: np.ndarray, params: tuple[Param, ...]) -> dict[str, float]:
+    """A refit's parameter values by full path, so a reader can see what moved without the round."""
+    return {p.path: float(v) for p, v in zip(params, _from_unit(u, params))}
+
+
 def _prior_penalty(u: np.ndarray, params: tuple[Param, ...]) -> float:
     """Sum over parameters with a prior of ((ln x - ln prior) / prior_sd)^2, at unit point u."""
     x = _from_unit(u, params)
@@ -357,8 +362,7 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
         drug_rounds = [r for r in group.rounds if f"{r}.avg_cut" in names]
         for r in drug_rounds:
             u_r = refit(np.array([m.round != r for m in moments]))
-            loro.append({**predicted(u_r, r, "avg_cut"),
-                         "params": {p.name: float(v) for p, v in zip(group.params, _from_unit(u_r, group.params))}})
+            loro.append({**predicted(u_r, r, "avg_cut"), "params": _named(u_r, group.params)})
             if (row := predicted(u_r, r, "winner_share")) is not None:
                 loro_share.append(row)
         # forecasting as it would have been done: fit on the earlier rounds only (the group's rounds
@@ -370,7 +374,8 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
             u_r = refit(np.array([m.round in earlier for m in moments]))
             for stat in ("avg_cut", "winner_share"):
                 if (row := predicted(u_r, r, stat)) is not None:
-                    rolling.append({**row, "stat": stat, "trained_on": list(earlier)})
+                    rolling.append({**row, "stat": stat, "trained_on": list(earlier)}
+                                   | ({"params": _named(u_r, group.params)} if stat == "avg_cut" else {}))
     return GroupFit(group.name, {p.path: (int(v) if p.integer else float(v)) for p, v in zip(group.params, theta)},
                     moments, u, y, coef, r2,
                     float(_objective(coef, pub, w, keep_all, group.params)(u_hat)), confirmed, objective, loro,
@@ -442,9 +447,12 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
                          "error": round(f.confirmed[m.name] - m.published, 4), "scale": round(m.scale, 4),
                          "surrogate_r2": round(f.r2[m.name], 3)} for m in f.moments if m.name in names],
         }
+        # refits keep their parameter values (`params`): what a round left out moves, e.g. the
+        # drug ceiling ratio without batch 7
         for key, rows in (("loro", f.loro), ("loro_winner_share", f.loro_share), ("rolling", f.rolling)):
-            doc[key].extend({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
-                             if k != "params"} for row in rows)
+            doc[key].extend({k: ({n: round(x, 4) for n, x in v.items()} if k == "params"
+                                 else round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+                            for row in rows)
     for key in ("loro_winner_share", "rolling"):
         if not doc[key]:
             del doc[key]
