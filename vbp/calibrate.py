@@ -250,6 +250,11 @@ class GroupFit:
     rolling: list[dict] = field(default_factory=list)  # rolling origin: each round from the earlier ones only
 
 
+def _rounded(x: np.ndarray, params: tuple[Param, ...]) -> np.ndarray:
+    """Parameter values with the counts rounded to whole numbers, as the simulator takes them."""
+    return np.array([round(v) if p.integer else v for p, v in zip(params, x)])
+
+
 def _named(u: np.ndarray, params: tuple[Param, ...]) -> dict[str, float]:
     """A refit's parameter values by full path, so a reader can see what moved without the round."""
     return {p.path: float(v) for p, v in zip(params, _from_unit(u, params))}
@@ -325,23 +330,21 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
     u = np.vstack([u, local])
     y = np.vstack([y1, y])
     u_hat = _minimise(_objective(coef, pub, w, keep_all, group.params), dim, np.vstack([starts, u_mid]))
-    theta = _from_unit(u_hat, group.params)
-    theta = np.array([round(v) if p.integer else v for p, v in zip(group.params, theta)])
+    theta = _rounded(_from_unit(u_hat, group.params), group.params)
     confirmed = _run_tasks([(scen(theta), moments, reps, seed)], 1, None)[0]
     sim = np.array([confirmed[n] for n in names])
     objective = float(np.sum(w * (sim - pub) ** 2)) + _prior_penalty(u_hat, group.params)
     # The surrogate can mislead where a moment bends (e.g. at a box edge): every design point was
-    # simulated with the same seeds, so if one fits better than the surrogate's optimum, take it.
+    # simulated with the same seeds, so if one fits better than the surrogate's optimum, take it
+    # (its simulated moments are already in y).
     design_obj = np.where(np.all(np.isfinite(y), axis=1), np.sum(w * (y - pub) ** 2, axis=1)
                           + np.array([_prior_penalty(row, group.params) for row in u]), np.inf)
     best = int(np.argmin(design_obj))
     if design_obj[best] < objective:
         u_hat = u[best]
-        theta = _from_unit(u_hat, group.params)
-        theta = np.array([round(v) if p.integer else v for p, v in zip(group.params, theta)])
-        confirmed = _run_tasks([(scen(theta), moments, reps, seed)], 1, None)[0]
-        sim = np.array([confirmed[n] for n in names])
-        objective = float(np.sum(w * (sim - pub) ** 2)) + _prior_penalty(u_hat, group.params)
+        theta = _rounded(_from_unit(u_hat, group.params), group.params)
+        confirmed = {n: float(v) for n, v in zip(names, y[best])}
+        objective = float(design_obj[best])
     loro, loro_share, rolling = [], [], []
     if group.name == "drug":
         # the whole design (global and local points) for a surrogate valid across the box

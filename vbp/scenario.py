@@ -166,7 +166,6 @@ class MarketParams(_Frozen):
     renewal: Literal["extend", "none", "retender"] = Field(
         "extend", description="at expiry: extend at the last price, stop, or re-tender among surviving firms")
 
-
     def ceiling(self, rnd: Round) -> float:
         """A round's ceiling / reference price: its own where documented, else (drug rounds) the
         market-wide `ceiling_ratio_drug`; 1.0 for other rounds."""
