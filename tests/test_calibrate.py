@@ -99,9 +99,14 @@ def test_cached_evaluations_are_keyed_by_the_code(monkeypatch):
     assert cal._eval_key(sc, 2, 1, ["stents.avg_cut"]) != key
 
 
-def _fake_drug_fit(monkeypatch, shift: dict[str, float] | None = None) -> cal.GroupFit:
+def _stand_in(base: float, weights: np.ndarray, u: np.ndarray, curve: float) -> float:
+    return base + float(weights @ (u - 0.4)) + curve * float(np.sum(np.sin(6 * u)))
+
+
+def _fake_drug_fit(monkeypatch, shift: dict[str, float] | None = None, curve: float = 0.0) -> cal.GroupFit:
     """The drug group's calibration on a smooth stand-in for the simulator (each moment a fixed
-    function of the unit-scaled parameters), so its bookkeeping is checked in a second."""
+    function of the unit-scaled parameters, bent by `curve` so a quadratic cannot match it), so its
+    bookkeeping is checked in a second."""
     group = dataclasses.replace(cal.GROUPS[0], design=16)
     base = {m.name: m.published for m in cal.moments_for(group.rounds)}
     moments = cal.moments_for(group.rounds)
@@ -115,7 +120,7 @@ def _fake_drug_fit(monkeypatch, shift: dict[str, float] | None = None) -> cal.Gr
         out = []
         for theta, ms, _reps, _seed in tasks:
             u = cal._to_unit(np.array([theta[p.path] for p in group.params], dtype=float), group.params)
-            out.append({m.name: base[m.name] + float(weights[j] @ (u - 0.4)) for j, m in enumerate(ms)})
+            out.append({m.name: _stand_in(base[m.name], weights[j], u, curve) for j, m in enumerate(ms)})
         return out
 
     monkeypatch.setattr(cal, "_run_tasks", fake)
@@ -141,11 +146,42 @@ def test_rolling_origin_forecasts_fit_on_earlier_rounds_only(monkeypatch):
     for row in refits:
         assert set(row["params"]) == set(paths)
         assert all(paths[k].low - 1e-3 <= v <= paths[k].high + 1e-3 for k, v in row["params"].items())
-    # a later round's published moments cannot move the forecast of an earlier one
-    moved = _fake_drug_fit(monkeypatch, shift={"batch5": 0.05, "batch7": -0.08})  # b5: its avg cut and shares
+    # a later round's published moments cannot move the forecast of an earlier one: the refits on
+    # the same simulated design, with batch 5's and batch 7's published moments moved
+    group = dataclasses.replace(cal.GROUPS[0], design=16)
+    moved = [dataclasses.replace(m, published=m.published + {"batch5": 0.05, "batch7": -0.08}.get(m.round, 0.0))
+             for m in cal.moments_for(group.rounds)]
+
+    def scen(x):
+        return {p.path: (int(round(v)) if p.integer else float(v)) for p, v in zip(group.params, x)}
+
+    _, _, rolling, _ = cal._refits(group, moved, fit.design_u, fit.design_y, group.design + 1, scen,
+                                   reps=1, seed=1, workers=1)
     before = {(r["round"], r["stat"]): r["predicted"] for r in fit.rolling}
-    after = {(r["round"], r["stat"]): r["predicted"] for r in moved.rolling}
+    after = {(r["round"], r["stat"]): r["predicted"] for r in rolling}
     for key in (("batch3", "avg_cut"), ("batch4", "avg_cut"), ("batch4", "winner_share")):
-        assert after[key] == pytest.approx(before[key], abs=1e-5)
+        assert after[key] == pytest.approx(before[key], abs=1e-12)
     # while batch 5's moved moments, which batch 7's forecast is fitted on, move it
     assert abs(after[("batch7", "avg_cut")] - before[("batch7", "avg_cut")]) > 1e-3
+    # the control refit keeps every moment, and is written
+    assert fit.refit_control is not None and set(fit.refit_control["params"]) == set(paths)
+    assert doc["refit_control"]["avg_cut_mae"] >= 0
+
+def test_held_out_predictions_are_simulated_at_the_refit(monkeypatch):
+    """A left-out round's prediction is the simulator's value at the refit's stored parameters, not
+    the quadratic surrogate's, which a bent response does not match."""
+    group = cal.GROUPS[0]
+    fit = _fake_drug_fit(monkeypatch, curve=0.02)
+    moments = cal.moments_for(group.rounds)
+    base = {m.name: m.published for m in moments}
+    weights = np.random.default_rng(7).normal(size=(len(moments), len(group.params))) * 0.05
+    names = [m.name for m in moments]
+    apart = 0.0
+    for row in fit.loro + [r for r in fit.rolling if r["stat"] == "avg_cut"]:
+        u = cal._to_unit(np.array([row["params"][p.path] for p in group.params]), group.params)
+        j = names.index(f"{row['round']}.avg_cut")
+        assert row["predicted"] == pytest.approx(_stand_in(base[names[j]], weights[j], u, 0.02), abs=1e-9)
+        assert row["error"] == pytest.approx(row["predicted"] - row["published"])
+        assert row["refit"] in ("surrogate optimum", "design point")
+        apart = max(apart, abs(row["surrogate"] - row["predicted"]))
+    assert apart > 1e-3  # the surrogate's reading would have differed
