@@ -118,6 +118,10 @@ GROUPS = (
 #: batch 2, with the ceiling ratio's prior).
 ROLLING_MIN_ROUNDS = 3
 
+#: Times each held-out refit is simulated: after each simulation the point joins that refit's
+#: surface and the refit is repeated.
+REFIT_STEPS = 3
+
 #: Smoothing of the refits' thin-plate spline: the design's moments are 4-replication means, so the
 #: surface need not pass through each exactly.
 REFIT_SMOOTHING = 1e-3
@@ -399,23 +403,41 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n
             fits.append(("rolling", r, list(earlier), np.array([m.round in earlier for m in moments])))
     fits.append(("control", None, None, np.ones(len(moments), dtype=bool)))
 
-    def refit(keep: np.ndarray) -> np.ndarray:
-        # started from the design points that fit the kept moments best, so nothing left out steers it
-        kept = [np.sum(w[keep] * (row[keep] - pub[keep]) ** 2) for row in y[fin]]
-        starts = np.vstack([u[fin][np.argsort(kept)[:4]], np.full(dim, 0.5)])
-        return _minimise(_objective(surface, pub, w, keep, group.params), dim, starts)
-
-    refits = [refit(keep) for *_, keep in fits]
     # Each refit is simulated, like the fit itself, and its left-out round's moments are read from
-    # that simulation, not from the surface. As in the fit, a design point that fits the kept moments
-    # better wins; only the global design's points compete, as the local one is placed by all moments.
-    sims = _run_tasks([(scen(_rounded(_from_unit(u_r, group.params), group.params)), moments, reps, seed)
-                       for u_r in refits], workers, lambda i, n: progress and progress(f"{group.name} refits", i, n))
+    # a simulation, not from the surface. The simulated point then joins that refit's own surface
+    # and the refit is repeated (REFIT_STEPS times): the surface becomes exact where the refit
+    # lands. Each refit's extra points are its own, so no refit sees points another one placed.
+    own_u = [np.empty((0, dim)) for _ in fits]
+    own_y = [np.empty((0, len(names))) for _ in fits]
+    readings = [[] for _ in fits]  # the surface's reading at each of a refit's points
+    for step in range(REFIT_STEPS):
+        points, pending = [], [None] * len(fits)
+        for i, (*_, keep) in enumerate(fits):
+            base_u, base_y = np.vstack([u[fin], own_u[i]]), np.vstack([y[fin], own_y[i]])
+            surf = surface if step == 0 else _spline(base_u, base_y)
+            # started from the points that fit the kept moments best, so nothing left out steers it
+            kept = [np.sum(w[keep] * (row[keep] - pub[keep]) ** 2) for row in base_y]
+            starts = np.vstack([base_u[np.argsort(kept)[:4]], np.full(dim, 0.5)])
+            x = _minimise(_objective(surf, pub, w, keep, group.params), dim, starts)
+            x = _to_unit(_rounded(_from_unit(x, group.params), group.params), group.params)  # as simulated
+            points.append(x)
+            pending[i] = surf(x[None])[0]
+        label = f"{group.name} refits, step {step + 1} of {REFIT_STEPS}"
+        sims = _run_tasks([(scen(_from_unit(x, group.params)), moments, reps, seed) for x in points], workers,
+                          lambda i, n, label=label: progress and progress(label, i, n))
+        for i, (x, sim) in enumerate(zip(points, sims)):
+            row = np.array([sim[n] for n in names])
+            if np.all(np.isfinite(row)):  # a point where a moment is undefined cannot join a surface
+                own_u[i], own_y[i] = np.vstack([own_u[i], x]), np.vstack([own_y[i], row])
+                readings[i].append(pending[i])
+    # The refit is the best of its simulated points for the kept moments. As in the fit, a design
+    # point that fits them better wins; only the global design's points compete, as the local one
+    # is placed by all moments.
     glob = fin[:n_global]
     loro, loro_share, rolling, control = [], [], [], None
-    for (kind, r, earlier, keep), u_r, sim_r in zip(fits, refits, sims):
-        u_c, y_c, source = _held_out_choice(u_r, np.array([sim_r[n] for n in names]), u[:n_global][glob],
-                                            y[:n_global][glob], pub, w, keep, group.params)
+    for i, (kind, r, earlier, keep) in enumerate(fits):
+        u_c, y_c, source = _held_out_choice(own_u[i], own_y[i], u[:n_global][glob], y[:n_global][glob],
+                                            pub, w, keep, group.params)
         if kind == "control":
             control = {"params": _named(u_c, group.params), "refit": source,
                        "objective": float(np.sum(w * (y_c - pub) ** 2)) + _prior_penalty(u_c, group.params),
@@ -424,12 +446,15 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n
                        "spline_cv_rmse_avg_cut": _cv_rmse(u[fin], y[fin][:, cuts], _spline),
                        "quadratic_cv_rmse_avg_cut": _cv_rmse(u[fin], y[fin][:, cuts], _quadratic)}
             continue
+        k = next((s for s, x in enumerate(own_u[i]) if np.array_equal(x, u_c)), None)
         for stat in ("avg_cut", "winner_share"):
             if (name := f"{r}.{stat}") not in names:
                 continue
             j = names.index(name)
             row = {"round": r, "published": float(pub[j]), "predicted": float(y_c[j]),
-                   "error": float(y_c[j] - pub[j]), "surrogate": float(surface(u_r[None])[0, j]), "refit": source}
+                   "error": float(y_c[j] - pub[j]),
+                   "surrogate": float(readings[i][k][j] if k is not None else surface(u_c[None])[0, j]),
+                   "refit": source}
             if kind == "rolling":
                 row |= {"stat": stat, "trained_on": earlier}
             if stat == "avg_cut":
@@ -455,18 +480,20 @@ def _cv_rmse(u: np.ndarray, y: np.ndarray, make: Callable) -> float:
     return float(np.sqrt(np.mean(np.square(err))))
 
 
-def _held_out_choice(u_r: np.ndarray, y_r: np.ndarray, design_u: np.ndarray, design_y: np.ndarray,
+def _held_out_choice(own_u: np.ndarray, own_y: np.ndarray, design_u: np.ndarray, design_y: np.ndarray,
                      pub: np.ndarray, w: np.ndarray, keep: np.ndarray, params: tuple[Param, ...]):
-    """A refit's point and its simulated moments: the surrogate's optimum for the kept moments, or
-    the design point whose simulated kept moments (same seeds) fit better, with its label."""
+    """A refit's point and its simulated moments: the best of its own simulated points for the kept
+    moments, or the design point whose simulated kept moments (same seeds) fit better; with a label."""
     def obj(u_, y_):
         value = float(np.sum(w[keep] * (y_[keep] - pub[keep]) ** 2)) + _prior_penalty(u_, params)
         return value if np.isfinite(value) else np.inf
+    own = [obj(p, row) for p, row in zip(own_u, own_y)] or [np.inf]
+    k = int(np.argmin(own))
     design_obj = [obj(p, row) for p, row in zip(design_u, design_y)]
     best = int(np.argmin(design_obj))
-    if design_obj[best] < obj(u_r, y_r):
+    if design_obj[best] < own[k] or not len(own_u):
         return design_u[best], design_y[best], "design point"
-    return u_r, y_r, "surrogate optimum"
+    return own_u[k], own_y[k], f"refit step {k + 1}"
 
 
 def _run_tasks(tasks: list, workers: int, progress) -> list[dict]:
