@@ -201,3 +201,34 @@ def test_held_out_choice_takes_the_best_simulated_point_for_the_kept_moments():
     u, y, label = cal._held_out_choice(np.empty((0, 1)), np.empty((0, 2)), design_u, design_y, pub, w, keep,
                                        params)
     assert label == "design point"
+
+
+def test_parameter_standard_errors_match_the_closed_form_on_a_linear_model():
+    """Moments linear in the unit-scaled log parameters: se(ln theta) = sqrt(diag((G'WG + P)^-1)),
+    with G the slopes per unit of ln theta; the ceiling ratio, which no moment here measures, keeps
+    its prior's sd."""
+    params = cal.GROUPS[0].params
+    dim = len(params)
+    n_feat = cal._features(np.zeros((1, dim))).shape[1]
+    rng = np.random.default_rng(3)
+    slopes = rng.normal(size=(dim - 1, 10))  # 10 moments on the first six parameters
+    coef = np.zeros((n_feat, 10))
+    coef[1:dim, :] = slopes  # the linear terms of parameters 0..5; the ceiling ratio (last) has none
+    moments = [cal.Moment(f"m{j}", "x", "avg_cut", 0.5, 0.02 + 0.01 * j) for j in range(10)]
+    u_hat = np.full(dim, 0.5)
+    out = cal._uncertainty(coef, u_hat, moments, params)
+    span = np.log([p.high for p in params]) - np.log([p.low for p in params])
+    g = np.zeros((10, dim))
+    g[:, :dim - 1] = (slopes / span[:dim - 1, None]).T
+    w = 1 / np.array([m.scale for m in moments]) ** 2
+    info = g.T @ (w[:, None] * g)
+    info[-1, -1] += 1 / params[-1].prior_sd ** 2
+    expected = np.sqrt(np.diag(np.linalg.inv(info)))
+    got = np.array([out["se_log"][p.path] for p in params])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert out["se_log"]["market.ceiling_ratio_drug"] == pytest.approx(params[-1].prior_sd)
+    x = cal._from_unit(u_hat, params)
+    assert out["low95"][params[0].path] == pytest.approx(x[0] * np.exp(-1.96 * expected[0]))
+    c = np.array(out["correlation"])
+    np.testing.assert_allclose(np.diag(c), 1.0)
+    np.testing.assert_allclose(c, c.T)

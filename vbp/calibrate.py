@@ -259,6 +259,7 @@ class GroupFit:
     loro_share: list[dict] = field(default_factory=list)  # the same refits' winner share, where published
     rolling: list[dict] = field(default_factory=list)  # rolling origin: each round from the earlier ones only
     refit_control: dict | None = None  # the refit procedure with nothing left out, simulated
+    uncertainty: dict | None = None  # local standard errors and correlations of the parameters
 
 
 def _rounded(x: np.ndarray, params: tuple[Param, ...]) -> np.ndarray:
@@ -367,7 +368,42 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
     return GroupFit(group.name, {p.path: (int(v) if p.integer else float(v)) for p, v in zip(group.params, theta)},
                     moments, u, y, coef, r2,
                     float(_objective(coef, pub, w, keep_all, group.params)(u_hat)), confirmed, objective, loro,
-                    loro_share, rolling, control)
+                    loro_share, rolling, control,
+                    _uncertainty(coef, _to_unit(np.asarray(theta, dtype=float), group.params), moments, group.params))
+
+
+def _uncertainty(coef: np.ndarray, u_hat: np.ndarray, moments: list[Moment], params: tuple[Param, ...]) -> dict:
+    """Local standard errors of the fitted parameters, on the log scale.
+
+    G = d moments / d ln(parameter) at the optimum, from the local quadratic (exact derivative by
+    central differences); with the weights W = 1 / scale^2 read as the moments' error variances,
+    and a prior adding 1 / prior_sd^2 of information, Var(ln theta) = (G' W G + P)^-1. A large se or
+    a correlation near +-1 marks a direction the moments barely measure (a ridge). Local and
+    asymptotic: a reading of the fit's curvature, not a confidence region.
+    """
+    scale = np.log([p.high for p in params]) - np.log([p.low for p in params])
+    w = 1.0 / np.array([m.scale for m in moments]) ** 2
+    h = 1e-4
+    cols = []
+    for k in range(len(params)):
+        e = np.zeros(len(params))
+        e[k] = h
+        cols.append(((_features(u_hat + e) - _features(u_hat - e)) @ coef)[0] / (2 * h) / scale[k])
+    g = np.column_stack(cols)
+    info = g.T @ (w[:, None] * g) + np.diag([1.0 / p.prior_sd ** 2 if p.prior is not None else 0.0 for p in params])
+    try:
+        cov = np.linalg.inv(info)
+    except np.linalg.LinAlgError:  # a direction no moment or prior measures: unbounded
+        cov = np.full_like(info, np.inf)
+    se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = cov / np.outer(se, se)
+    x = _from_unit(u_hat, params)
+    return {"se_log": {p.path: float(v) for p, v in zip(params, se)},
+            "low95": {p.path: float(v) for p, v in zip(params, x * np.exp(-1.96 * se))},
+            "high95": {p.path: float(v) for p, v in zip(params, x * np.exp(1.96 * se))},
+            "order": [p.path for p in params], "correlation": corr.tolist(),
+            "note": "local, from the quadratic surface at the optimum; Var(ln theta) = (G'WG + prior)^-1"}
 
 
 def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n_global: int, scen: Callable,
@@ -558,6 +594,9 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
             "objective": round(f.objective, 4),
             "objective_surrogate": round(f.objective_surrogate, 4),
             "design_points": int(len(f.design_u)),
+            **({"uncertainty": {k: ({n: round(x, 4) for n, x in v.items()} if isinstance(v, dict)
+                                    else [[round(c, 3) for c in row] for row in v] if k == "correlation" else v)
+                                for k, v in f.uncertainty.items()}} if f.uncertainty else {}),
             "moments": [{"name": m.name, "published": m.published, "simulated": round(f.confirmed[m.name], 4),
                          "error": round(f.confirmed[m.name] - m.published, 4), "scale": round(m.scale, 4),
                          "surrogate_r2": round(f.r2[m.name], 3)} for m in f.moments if m.name in names],

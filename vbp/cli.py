@@ -522,7 +522,10 @@ def calibrate(out, replications, seed, workers, groups, quiet):
             click.echo(f"  {m['name']:<28} published {m['published']:.3f}  simulated {m['simulated']:.3f}"
                        f"  error {m['error']:+.3f}")
     for k, v in doc["parameters"].items():
-        click.echo(f"{k} = {v}")
+        unc = next((f["uncertainty"] for f in doc["fit"].values() if k in f.get("uncertainty", {}).get("low95", {})),
+                   None)
+        band = f"  (local 95%: {unc['low95'][k]:.4g} – {unc['high95'][k]:.4g})" if unc else ""
+        click.echo(f"{k} = {v}{band}")
     click.echo(f"wrote {path}")
 
 
