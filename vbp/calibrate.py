@@ -120,7 +120,7 @@ ROLLING_MIN_ROUNDS = 3
 
 #: Times each held-out refit is simulated: after each simulation the point joins that refit's
 #: surface and the refit is repeated.
-REFIT_STEPS = 3
+REFIT_STEPS = 4
 
 #: Smoothing of the refits' thin-plate spline: the design's moments are 4-replication means, so the
 #: surface need not pass through each exactly.
@@ -399,11 +399,15 @@ def _uncertainty(coef: np.ndarray, u_hat: np.ndarray, moments: list[Moment], par
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = cov / np.outer(se, se)
     x = _from_unit(u_hat, params)
+    lo, hi = np.array([p.low for p in params]), np.array([p.high for p in params])
+    low95 = _rounded(np.clip(x * np.exp(-1.96 * se), lo, hi), params)  # within the box searched
+    high95 = _rounded(np.clip(x * np.exp(1.96 * se), lo, hi), params)
     return {"se_log": {p.path: float(v) for p, v in zip(params, se)},
-            "low95": {p.path: float(v) for p, v in zip(params, x * np.exp(-1.96 * se))},
-            "high95": {p.path: float(v) for p, v in zip(params, x * np.exp(1.96 * se))},
+            "low95": {p.path: float(v) for p, v in zip(params, low95)},
+            "high95": {p.path: float(v) for p, v in zip(params, high95)},
             "order": [p.path for p in params], "correlation": corr.tolist(),
-            "note": "local, from the quadratic surface at the optimum; Var(ln theta) = (G'WG + prior)^-1"}
+            "note": "local, from the quadratic surface at the optimum; Var(ln theta) = (G'WG + prior)^-1; "
+                    "the 95% limits are clipped to the box searched"}
 
 
 def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n_global: int, scen: Callable,
@@ -421,12 +425,15 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n
     w = 1.0 / np.array([m.scale for m in moments]) ** 2
     dim = len(group.params)
     # Refits can move anywhere in the box, so they need a surface valid across it: a thin-plate
-    # spline through the whole design (global and local points). The quadratic is only accurate
-    # locally: over the whole box its leave-one-point-out error in the average cuts is larger,
-    # and its optimum with no round left out sits in a corner of the box that simulates worse
-    # than the calibrated point (docs/validation.md).
+    # spline. The quadratic is only accurate locally: over the whole box its leave-one-point-out
+    # error in the average cuts is larger, and its optimum with no round left out sits in a corner
+    # of the box that simulates worse than the calibrated point (docs/validation.md). Only the
+    # global design's points enter: the local design was placed by all the moments, the left-out
+    # round's and later rounds' included, so it would steer the refits.
     fin = np.all(np.isfinite(y), axis=1)
-    surface = _spline(u[fin], y[fin])
+    glob = fin[:n_global]
+    design_u, design_y = u[:n_global][glob], y[:n_global][glob]
+    surface = _spline(design_u, design_y)
     drug_rounds = [r for r in group.rounds if f"{r}.avg_cut" in names]
     cuts = [names.index(f"{d}.avg_cut") for d in drug_rounds]
     # leave-one-round-out: every round's moments out in turn; rolling origin (forecasting as it
@@ -438,6 +445,9 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n
         if len([e for e in earlier if e in drug_rounds]) >= ROLLING_MIN_ROUNDS:
             fits.append(("rolling", r, list(earlier), np.array([m.round in earlier for m in moments])))
     fits.append(("control", None, None, np.ones(len(moments), dtype=bool)))
+    # the rolling forecast of the last round keeps the same moments as leaving it out: one refit
+    same = {i: next(j for j in range(i + 1) if np.array_equal(fits[j][3], fits[i][3])) for i in range(len(fits))}
+    todo = sorted(set(same.values()))
 
     # Each refit is simulated, like the fit itself, and its left-out round's moments are read from
     # a simulation, not from the surface. The simulated point then joins that refit's own surface
@@ -446,10 +456,12 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n
     own_u = [np.empty((0, dim)) for _ in fits]
     own_y = [np.empty((0, len(names))) for _ in fits]
     readings = [[] for _ in fits]  # the surface's reading at each of a refit's points
+    steps = [[] for _ in fits]  # the step that simulated each of them
     for step in range(REFIT_STEPS):
-        points, pending = [], [None] * len(fits)
-        for i, (*_, keep) in enumerate(fits):
-            base_u, base_y = np.vstack([u[fin], own_u[i]]), np.vstack([y[fin], own_y[i]])
+        points, pending = [], {}
+        for i in todo:
+            keep = fits[i][3]
+            base_u, base_y = np.vstack([design_u, own_u[i]]), np.vstack([design_y, own_y[i]])
             surf = surface if step == 0 else _spline(base_u, base_y)
             # started from the points that fit the kept moments best, so nothing left out steers it
             kept = [np.sum(w[keep] * (row[keep] - pub[keep]) ** 2) for row in base_y]
@@ -461,35 +473,34 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n
         label = f"{group.name} refits, step {step + 1} of {REFIT_STEPS}"
         sims = _run_tasks([(scen(_from_unit(x, group.params)), moments, reps, seed) for x in points], workers,
                           lambda i, n, label=label: progress and progress(label, i, n))
-        for i, (x, sim) in enumerate(zip(points, sims)):
+        for i, x, sim in zip(todo, points, sims):
             row = np.array([sim[n] for n in names])
             if np.all(np.isfinite(row)):  # a point where a moment is undefined cannot join a surface
                 own_u[i], own_y[i] = np.vstack([own_u[i], x]), np.vstack([own_y[i], row])
                 readings[i].append(pending[i])
-    # The refit is the best of its simulated points for the kept moments. As in the fit, a design
-    # point that fits them better wins; only the global design's points compete, as the local one
-    # is placed by all moments.
-    glob = fin[:n_global]
+                steps[i].append(step + 1)
+    # The refit is the best of its simulated points for the kept moments. As in the fit, a global
+    # design point that fits them better wins.
     loro, loro_share, rolling, control = [], [], [], None
     for i, (kind, r, earlier, keep) in enumerate(fits):
-        u_c, y_c, source = _held_out_choice(own_u[i], own_y[i], u[:n_global][glob], y[:n_global][glob],
-                                            pub, w, keep, group.params)
+        j0 = same[i]
+        u_c, y_c, k = _held_out_choice(own_u[j0], own_y[j0], design_u, design_y, pub, w, keep, group.params)
+        source = "design point" if k is None else f"refit step {steps[j0][k]}"
         if kind == "control":
             control = {"params": _named(u_c, group.params), "refit": source,
                        "objective": float(np.sum(w * (y_c - pub) ** 2)) + _prior_penalty(u_c, group.params),
                        "avg_cut_mae": float(np.mean(np.abs(y_c[cuts] - pub[cuts]))),
                        # how well each surface predicts a design point it was not fitted to
-                       "spline_cv_rmse_avg_cut": _cv_rmse(u[fin], y[fin][:, cuts], _spline),
-                       "quadratic_cv_rmse_avg_cut": _cv_rmse(u[fin], y[fin][:, cuts], _quadratic)}
+                       "spline_cv_rmse_avg_cut": _cv_rmse(design_u, design_y[:, cuts], _spline),
+                       "quadratic_cv_rmse_avg_cut": _cv_rmse(design_u, design_y[:, cuts], _quadratic)}
             continue
-        k = next((s for s, x in enumerate(own_u[i]) if np.array_equal(x, u_c)), None)
         for stat in ("avg_cut", "winner_share"):
             if (name := f"{r}.{stat}") not in names:
                 continue
             j = names.index(name)
             row = {"round": r, "published": float(pub[j]), "predicted": float(y_c[j]),
                    "error": float(y_c[j] - pub[j]),
-                   "surrogate": float(readings[i][k][j] if k is not None else surface(u_c[None])[0, j]),
+                   "surrogate": float(readings[j0][k][j] if k is not None else surface(u_c[None])[0, j]),
                    "refit": source}
             if kind == "rolling":
                 row |= {"stat": stat, "trained_on": earlier}
@@ -518,18 +529,21 @@ def _cv_rmse(u: np.ndarray, y: np.ndarray, make: Callable) -> float:
 
 def _held_out_choice(own_u: np.ndarray, own_y: np.ndarray, design_u: np.ndarray, design_y: np.ndarray,
                      pub: np.ndarray, w: np.ndarray, keep: np.ndarray, params: tuple[Param, ...]):
-    """A refit's point and its simulated moments: the best of its own simulated points for the kept
-    moments, or the design point whose simulated kept moments (same seeds) fit better; with a label."""
+    """A refit's point, its simulated moments and the index of the point among its own (None for a
+    design point): the best of its own simulated points for the kept moments, or the design point
+    whose simulated kept moments (same seeds) fit better."""
     def obj(u_, y_):
         value = float(np.sum(w[keep] * (y_[keep] - pub[keep]) ** 2)) + _prior_penalty(u_, params)
         return value if np.isfinite(value) else np.inf
-    own = [obj(p, row) for p, row in zip(own_u, own_y)] or [np.inf]
+    own = [obj(p, row) for p, row in zip(own_u, own_y)] + [np.inf]
     k = int(np.argmin(own))
-    design_obj = [obj(p, row) for p, row in zip(design_u, design_y)]
-    best = int(np.argmin(design_obj))
-    if design_obj[best] < own[k] or not len(own_u):
-        return design_u[best], design_y[best], "design point"
-    return own_u[k], own_y[k], f"refit step {k + 1}"
+    design = [obj(p, row) for p, row in zip(design_u, design_y)] + [np.inf]
+    best = int(np.argmin(design))
+    if design[best] < own[k] or (k == len(own_u) and best < len(design_u)):
+        return design_u[best], design_y[best], None
+    if k == len(own_u):
+        raise SimulationError("no simulated point of a held-out refit has every moment defined")
+    return own_u[k], own_y[k], k
 
 
 def _run_tasks(tasks: list, workers: int, progress) -> list[dict]:
