@@ -99,6 +99,10 @@ def test_cached_evaluations_are_keyed_by_the_code(monkeypatch):
     assert cal._eval_key(sc, 2, 1, ["stents.avg_cut"]) != key
 
 
+def _stand_in_weights(n_moments: int, n_params: int) -> np.ndarray:
+    return np.random.default_rng(7).normal(size=(n_moments, n_params)) * 0.05
+
+
 def _stand_in(base: float, weights: np.ndarray, u: np.ndarray, curve: float) -> float:
     return base + float(weights @ (u - 0.4)) + curve * float(np.sum(np.sin(6 * u)))
 
@@ -114,7 +118,7 @@ def _fake_drug_fit(monkeypatch, shift: dict[str, float] | None = None, curve: fl
         moments = [dataclasses.replace(m, published=m.published + shift.get(m.round, 0.0)) for m in moments]
     monkeypatch.setattr(cal, "moments_for", lambda rounds: moments)
     monkeypatch.setattr(cal, "_scenario", lambda base, file, rounds, theta: theta)
-    weights = np.random.default_rng(7).normal(size=(len(moments), len(group.params))) * 0.05
+    weights = _stand_in_weights(len(moments), len(group.params))
 
     def fake(tasks, workers, progress):
         out = []
@@ -172,7 +176,7 @@ def test_held_out_predictions_are_simulated_at_the_refit(monkeypatch):
     fit = _fake_drug_fit(monkeypatch, curve=0.02)
     moments = cal.moments_for(group.rounds)
     base = {m.name: m.published for m in moments}
-    weights = np.random.default_rng(7).normal(size=(len(moments), len(group.params))) * 0.05
+    weights = _stand_in_weights(len(moments), len(group.params))
     names = [m.name for m in moments]
     apart = 0.0
     for row in fit.loro + [r for r in fit.rolling if r["stat"] == "avg_cut"]:

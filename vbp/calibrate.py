@@ -20,8 +20,8 @@ each point with the same replication seeds (common random numbers, so difference
 are not noise); fit each moment by a quadratic response surface in the (log) parameters; minimise
 the weighted squared distance to the published moments over the box; confirm by simulating at the
 optimum. Leave-one-round-out: refit without one drug round's moments (on a thin-plate spline
-through the whole design), simulate the refit and read that round's average cut from the
-simulation; those residuals, less each round's replication spread, give the model's structural
+through the global design and the refit's own simulated points), simulate the refit and read that
+round's average cut from the simulation; those residuals, less each round's replication spread, give the model's structural
 error, which widens forecast intervals (`vbp.predictive`). Savings are never moments: the
 cumulative savings path stays an out-of-sample check.
 Evaluations are cached on disk, so an interrupted calibration resumes where it stopped.
@@ -535,13 +535,13 @@ def _held_out_choice(own_u: np.ndarray, own_y: np.ndarray, design_u: np.ndarray,
     def obj(u_, y_):
         value = float(np.sum(w[keep] * (y_[keep] - pub[keep]) ** 2)) + _prior_penalty(u_, params)
         return value if np.isfinite(value) else np.inf
-    own = [obj(p, row) for p, row in zip(own_u, own_y)] + [np.inf]
-    k = int(np.argmin(own))
-    design = [obj(p, row) for p, row in zip(design_u, design_y)] + [np.inf]
-    best = int(np.argmin(design))
-    if design[best] < own[k] or (k == len(own_u) and best < len(design_u)):
+    own = [obj(p, row) for p, row in zip(own_u, own_y)]
+    design = [obj(p, row) for p, row in zip(design_u, design_y)]
+    k = int(np.argmin(own)) if own else None
+    best = int(np.argmin(design)) if design else None
+    if best is not None and (k is None or design[best] < own[k]):
         return design_u[best], design_y[best], None
-    if k == len(own_u):
+    if k is None:
         raise SimulationError("no simulated point of a held-out refit has every moment defined")
     return own_u[k], own_y[k], k
 
@@ -588,7 +588,8 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
         "meta": {"date": dt.date.today().isoformat(), "command": command, "seed": seed,
                  "replications_per_point": reps,
                  "method": "simulated method of moments; Sobol design + quadratic surrogate; common random numbers; "
-                           "held-out refits on a thin-plate spline over the design, each simulated",
+                           "held-out refits on a thin-plate spline over the global design, each simulated "
+                           "and refined",
                  "note": "savings are not moments; the cumulative savings path is validated out of sample"},
         "parameters": params,
         "fit": {},
@@ -618,18 +619,20 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
         # refits keep their parameter values (`params`): what a round left out moves, e.g. the
         # drug ceiling ratio without batch 7
         for key, rows in (("loro", f.loro), ("loro_winner_share", f.loro_share), ("rolling", f.rolling)):
-            doc[key].extend({k: ({n: round(x, 4) for n, x in v.items()} if k == "params"
-                                 else round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
-                            for row in rows)
+            doc[key].extend(_rounded_row(row) for row in rows)
         if f.refit_control is not None:
-            c = f.refit_control
-            doc["refit_control"] = {k: ({n: round(x, 4) for n, x in v.items()} if k == "params"
-                                        else round(v, 4) if isinstance(v, float) else v) for k, v in c.items()}
+            doc["refit_control"] = _rounded_row(f.refit_control)
     for key in ("loro_winner_share", "rolling"):
         if not doc[key]:
             del doc[key]
     return doc
 
+
+
+def _rounded_row(row: dict) -> dict:
+    """A refit's row as written: floats, and its parameter values, to 4 decimals."""
+    return {k: ({n: round(x, 4) for n, x in v.items()} if k == "params" else round(v, 4) if isinstance(v, float)
+                else v) for k, v in row.items()}
 
 
 #: Replications of the calibrated history used to measure each drug round's replication spread.
