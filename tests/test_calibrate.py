@@ -236,3 +236,29 @@ def test_parameter_standard_errors_match_the_closed_form_on_a_linear_model():
     c = np.array(out["correlation"])
     np.testing.assert_allclose(np.diag(c), 1.0)
     np.testing.assert_allclose(c, c.T)
+
+
+def test_the_fit_is_the_best_simulated_point_and_its_local_design_surrounds_the_control(monkeypatch):
+    """On a bent stand-in: the local design is placed around the control refit's point, and the fit
+    is the simulated point (surrogate optimum, control refinement or design point) that fits best,
+    with its moments the simulator's values there."""
+    group = cal.GROUPS[0]
+    fit = _fake_drug_fit(monkeypatch, curve=0.02)
+    moments = cal.moments_for(group.rounds)
+    pub = np.array([m.published for m in moments])
+    w = 1 / np.array([m.scale for m in moments]) ** 2
+    n_global = 16 + 1
+    u_c = cal._to_unit(np.array([fit.refit_control["params"][p.path] for p in group.params]), group.params)
+    local = fit.design_u[n_global:]
+    assert len(local) > len(group.params) and np.all(np.abs(local - u_c) <= 0.2 + 1e-9)
+    design_obj = [float(np.sum(w * (row - pub) ** 2)) + cal._prior_penalty(p, group.params)
+                  for p, row in zip(fit.design_u, fit.design_y)]
+    assert fit.objective <= min(design_obj) + 1e-12
+    assert fit.objective <= fit.refit_control["objective"] + 1e-12
+    assert fit.point in {"surrogate optimum", "global design point", "local design point"} or \
+        fit.point.startswith("control refit step")
+    weights = _stand_in_weights(len(moments), len(group.params))
+    u = cal._to_unit(np.array([fit.params[p.path] for p in group.params], dtype=float), group.params)
+    for j, m in enumerate(moments):
+        assert fit.confirmed[m.name] == pytest.approx(_stand_in(m.published, weights[j], u, 0.02), abs=1e-9)
+    assert cal.to_toml([fit], command="test", seed=1, reps=1)["fit"]["drug"]["point"] == fit.point

@@ -17,13 +17,17 @@ Few structural parameters are fitted to many published moments of the rounds up 
 
 Procedure (per group): simulate the moments at a scrambled Sobol design over the parameter box,
 each point with the same replication seeds (common random numbers, so differences between points
-are not noise); fit each moment by a quadratic response surface in the (log) parameters; minimise
-the weighted squared distance to the published moments over the box; confirm by simulating at the
-optimum. Leave-one-round-out: refit without one drug round's moments (on a thin-plate spline
-through the global design and the refit's own simulated points), simulate the refit and read that
-round's average cut from the simulation; those residuals, less each round's replication spread, give the model's structural
-error, which widens forecast intervals (`vbp.predictive`). Savings are never moments: the
-cumulative savings path stays an out-of-sample check.
+are not noise). Minimise the weighted squared distance to the published moments on a thin-plate
+spline through that design, simulate the minimiser, add it to the spline and repeat (the control
+refit, `REFIT_STEPS` simulations). Around the control's point, simulate a local design, fit each
+moment by a quadratic in the (log) parameters, minimise on it and simulate its optimum. The fit is
+the simulated point that fits best, whichever stage placed it; the local quadratic's slopes give
+the standard errors. Leave-one-round-out and rolling origin: the control's procedure with one drug
+round's moments (or the later rounds') left out, on the global design and each refit's own
+simulated points; the left-out round is read from the refit's simulation. Those residuals, less
+each round's replication spread, give the model's structural error, which widens forecast
+intervals (`vbp.predictive`). Savings are never moments: the cumulative savings path stays an
+out-of-sample check.
 Evaluations are cached on disk, so an interrupted calibration resumes where it stopped.
 """
 
@@ -260,6 +264,7 @@ class GroupFit:
     rolling: list[dict] = field(default_factory=list)  # rolling origin: each round from the earlier ones only
     refit_control: dict | None = None  # the refit procedure with nothing left out, simulated
     uncertainty: dict | None = None  # local standard errors and correlations of the parameters
+    point: str = ""  # which simulated point the fit is: the surrogate's optimum, a refinement, a design point
 
 
 def _rounded(x: np.ndarray, params: tuple[Param, ...]) -> np.ndarray:
@@ -302,14 +307,15 @@ def _minimise(f: Callable, dim: int, starts: np.ndarray) -> np.ndarray:
 
 def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed: int, workers: int,
                     progress: Callable[[str, int, int], None] | None = None) -> GroupFit:
-    """Design, surrogate, optimum, confirmation and leave-one-round-out for one parameter group."""
+    """Global design, refits on its spline, local design and quadratic, best simulated point, for one
+    parameter group."""
     moments = moments_for(group.rounds)
     dim = len(group.params)
     sob = qmc.Sobol(dim, scramble=True, seed=seed)
     with warnings.catch_warnings():  # a design size that is not a power of 2 is fine here
         warnings.simplefilter("ignore", UserWarning)
-        u = sob.random(group.design)
-    u = np.vstack([u, np.full(dim, 0.5)])
+        u1 = sob.random(group.design)
+    u1 = np.vstack([u1, np.full(dim, 0.5)])
 
     def scen(x):
         values = {p.path: (int(round(v)) if p.integer else float(v)) for p, v in zip(group.params, x)}
@@ -320,56 +326,57 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
     w = 1.0 / np.array([m.scale for m in moments]) ** 2
     keep_all = np.ones(len(moments), dtype=bool)
 
-    def stage(points: np.ndarray, label: str):
+    def simulate(points: np.ndarray, label: str) -> np.ndarray:
         tasks = [(scen(_from_unit(row, group.params)), moments, reps, seed) for row in points]
         res = _run_tasks(tasks, workers, lambda i, n: progress and progress(f"{group.name} {label}", i, n))
-        y = np.array([[r[n] for n in names] for r in res])
-        ok = np.all(np.isfinite(y), axis=1)
-        coef, *_ = np.linalg.lstsq(_features(points[ok]), y[ok], rcond=None)
-        resid = y[ok] - _features(points[ok]) @ coef
-        r2 = {n: float(1 - resid[:, j].var() / max(y[ok][:, j].var(), 1e-12)) for j, n in enumerate(names)}
-        order = np.argsort([_objective(coef, pub, w, keep_all, group.params)(row) for row in points[ok]])
-        starts = np.vstack([points[ok][order[:4]], np.full(dim, 0.5)])
-        return y, coef, r2, starts
+        return np.array([[r[n] for n in names] for r in res])
 
-    # stage 1: global design over the box
-    y1, coef1, _, starts = stage(u, "global")
-    u_mid = _minimise(_objective(coef1, pub, w, keep_all, group.params), dim, starts)
-    # stage 2: a local design around the stage-1 optimum (a quadratic is accurate locally)
+    # stage 1: a global design over the box
+    y1 = simulate(u1, "global")
+    # stage 2: the fit with every moment kept (the control), refined on a spline through the global
+    # design and its own simulated points; for the drug rounds, the held-out refits alongside it
+    loro, loro_share, rolling, control, (own_u, own_y) = _refits(
+        group, moments, u1, y1, scen, held_out=group.name == "drug", reps=reps, seed=seed, workers=workers,
+        progress=progress)
+    u_c = _to_unit(np.array([control["params"][p.path] for p in group.params], dtype=float), group.params)
+    # stage 3: a local design around the control's point, where a quadratic is accurate (its slopes
+    # give the standard errors); more points than it has coefficients, or its R² means nothing
     half = 0.2
-    lo, hi = np.clip(u_mid - half, 0, 1), np.clip(u_mid + half, 0, 1)
-    # more points than the quadratic has coefficients, or it interpolates and its R² means nothing
-    n_local = max(8, group.design // 2, _features(u[:1]).shape[1] + 8)
-    local = lo + sob.random(n_local) * (hi - lo)
-    local = np.vstack([local, u_mid])
-    y, coef, r2, starts = stage(local, "local")
-    u = np.vstack([u, local])
-    y = np.vstack([y1, y])
-    u_hat = _minimise(_objective(coef, pub, w, keep_all, group.params), dim, np.vstack([starts, u_mid]))
+    lo, hi = np.clip(u_c - half, 0, 1), np.clip(u_c + half, 0, 1)
+    n_local = max(8, group.design // 2, _features(u1[:1]).shape[1] + 8)
+    local = np.vstack([lo + sob.random(n_local) * (hi - lo), u_c])
+    y2 = simulate(local, "local")
+    ok = np.all(np.isfinite(y2), axis=1)
+    coef, *_ = np.linalg.lstsq(_features(local[ok]), y2[ok], rcond=None)
+    resid = y2[ok] - _features(local[ok]) @ coef
+    r2 = {n: float(1 - resid[:, j].var() / max(y2[ok][:, j].var(), 1e-12)) for j, n in enumerate(names)}
+    surrogate = _objective(coef, pub, w, keep_all, group.params)
+    order = np.argsort([surrogate(row) for row in local[ok]])
+    u_q = _minimise(surrogate, dim, np.vstack([local[ok][order[:4]], u_c]))
+    u_q = _to_unit(_rounded(_from_unit(u_q, group.params), group.params), group.params)  # as simulated
+    y_q = simulate(u_q[None], "optimum")[0]
+    # The fit is the simulated point (all with the same seeds) that fits best: the quadratic's
+    # optimum, one of the control's refinements, or a design point. A surface can mislead where a
+    # moment bends, so none is taken on its word.
+    u = np.vstack([u1, local])
+    y = np.vstack([y1, y2])
+    cand_u = np.vstack([u_q[None], own_u, u])
+    cand_y = np.vstack([y_q[None], own_y, y])
+    sources = (["surrogate optimum"] + [f"control refit step {k + 1}" for k in range(len(own_u))]
+               + ["global design point"] * len(u1) + ["local design point"] * len(local))
+    obj = np.array([float(np.sum(w * (row - pub) ** 2)) + _prior_penalty(p, group.params)
+                    for p, row in zip(cand_u, cand_y)])
+    best = int(np.argmin(np.where(np.isfinite(obj), obj, np.inf)))
+    if not np.isfinite(obj[best]):
+        raise SimulationError(f"no simulated point of the {group.name} calibration has every moment defined")
+    u_hat = cand_u[best]
     theta = _rounded(_from_unit(u_hat, group.params), group.params)
-    confirmed = _run_tasks([(scen(theta), moments, reps, seed)], 1, None)[0]
-    sim = np.array([confirmed[n] for n in names])
-    objective = float(np.sum(w * (sim - pub) ** 2)) + _prior_penalty(u_hat, group.params)
-    # The surrogate can mislead where a moment bends (e.g. at a box edge): every design point was
-    # simulated with the same seeds, so if one fits better than the surrogate's optimum, take it
-    # (its simulated moments are already in y).
-    design_obj = np.where(np.all(np.isfinite(y), axis=1), np.sum(w * (y - pub) ** 2, axis=1)
-                          + np.array([_prior_penalty(row, group.params) for row in u]), np.inf)
-    best = int(np.argmin(design_obj))
-    if design_obj[best] < objective:
-        u_hat = u[best]
-        theta = _rounded(_from_unit(u_hat, group.params), group.params)
-        confirmed = {n: float(v) for n, v in zip(names, y[best])}
-        objective = float(design_obj[best])
-    loro, loro_share, rolling, control = [], [], [], None
-    if group.name == "drug":
-        loro, loro_share, rolling, control = _refits(group, moments, u, y, len(y1), scen, reps=reps, seed=seed,
-                                                     workers=workers, progress=progress)
     return GroupFit(group.name, {p.path: (int(v) if p.integer else float(v)) for p, v in zip(group.params, theta)},
-                    moments, u, y, coef, r2,
-                    float(_objective(coef, pub, w, keep_all, group.params)(u_hat)), confirmed, objective, loro,
-                    loro_share, rolling, control,
-                    _uncertainty(coef, _to_unit(np.asarray(theta, dtype=float), group.params), moments, group.params))
+                    moments, u, y, coef, r2, float(surrogate(u_hat)),
+                    {n: float(v) for n, v in zip(names, cand_y[best])}, float(obj[best]), loro,
+                    loro_share, rolling, control if group.name == "drug" else None,
+                    _uncertainty(coef, _to_unit(theta.astype(float), group.params), moments, group.params),
+                    sources[best])
 
 
 def _uncertainty(coef: np.ndarray, u_hat: np.ndarray, moments: list[Moment], params: tuple[Param, ...]) -> dict:
@@ -410,15 +417,16 @@ def _uncertainty(coef: np.ndarray, u_hat: np.ndarray, moments: list[Moment], par
                     "the 95% limits are clipped to the box searched"}
 
 
-def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n_global: int, scen: Callable,
-            *, reps: int, seed: int, workers: int, progress=None):
-    """Leave-one-round-out and rolling-origin refits of the drug group, and a control refit with
-    nothing left out, each simulated. `u`, `y`: the calibration design (its first `n_global`
-    points the global Sobol design) and its simulated moments.
+def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, scen: Callable,
+            *, held_out: bool, reps: int, seed: int, workers: int, progress=None):
+    """The control refit (nothing left out) and, if `held_out`, the leave-one-round-out and
+    rolling-origin refits of the group's rounds, each simulated. `u`, `y`: the global Sobol design
+    and its simulated moments.
 
-    Returns (loro, loro_share, rolling, control): rows of published, predicted (simulated at the
-    refit), error, the surface's reading and the refit's parameters; control = what the refit
-    procedure itself gives with all moments kept (its objective and average-cut MAE).
+    Returns (loro, loro_share, rolling, control, (own_u, own_y)): rows of published, predicted
+    (simulated at the refit), error, the surface's reading and the refit's parameters; control =
+    what the refit procedure gives with every moment kept (its point, objective and average-cut
+    MAE), the calibration's starting point; own_u, own_y = the control's simulated points.
     """
     names = [m.name for m in moments]
     pub = np.array([m.published for m in moments])
@@ -428,21 +436,20 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n
     # spline. The quadratic is only accurate locally: over the whole box its leave-one-point-out
     # error in the average cuts is larger, and its optimum with no round left out sits in a corner
     # of the box that simulates worse than the calibrated point (docs/validation.md). Only the
-    # global design's points enter: the local design was placed by all the moments, the left-out
-    # round's and later rounds' included, so it would steer the refits.
+    # global design's points enter: the local design is placed around the control, which all the
+    # moments steer, the left-out round's and later rounds' included.
     fin = np.all(np.isfinite(y), axis=1)
-    glob = fin[:n_global]
-    design_u, design_y = u[:n_global][glob], y[:n_global][glob]
+    design_u, design_y = u[fin], y[fin]
     surface = _spline(design_u, design_y)
-    drug_rounds = [r for r in group.rounds if f"{r}.avg_cut" in names]
-    cuts = [names.index(f"{d}.avg_cut") for d in drug_rounds]
+    cut_rounds = [r for r in group.rounds if f"{r}.avg_cut" in names]
+    cuts = [names.index(f"{d}.avg_cut") for d in cut_rounds]
     # leave-one-round-out: every round's moments out in turn; rolling origin (forecasting as it
     # would have been done): fit on the earlier rounds only (the group's rounds are in bid-date
     # order), from the first round with three earlier ones; and the control
-    fits = [("loro", r, None, np.array([m.round != r for m in moments])) for r in drug_rounds]
-    for r in drug_rounds:
+    fits = [("loro", r, None, np.array([m.round != r for m in moments])) for r in cut_rounds if held_out]
+    for r in cut_rounds if held_out else ():
         earlier = group.rounds[:group.rounds.index(r)]
-        if len([e for e in earlier if e in drug_rounds]) >= ROLLING_MIN_ROUNDS:
+        if len([e for e in earlier if e in cut_rounds]) >= ROLLING_MIN_ROUNDS:
             fits.append(("rolling", r, list(earlier), np.array([m.round in earlier for m in moments])))
     fits.append(("control", None, None, np.ones(len(moments), dtype=bool)))
     # the rolling forecast of the last round keeps the same moments as leaving it out: one refit
@@ -481,7 +488,7 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n
                 steps[i].append(step + 1)
     # The refit is the best of its simulated points for the kept moments. As in the fit, a global
     # design point that fits them better wins.
-    loro, loro_share, rolling, control = [], [], [], None
+    loro, loro_share, rolling, control, control_points = [], [], [], None, None
     for i, (kind, r, earlier, keep) in enumerate(fits):
         j0 = same[i]
         u_c, y_c, k = _held_out_choice(own_u[j0], own_y[j0], design_u, design_y, pub, w, keep, group.params)
@@ -493,6 +500,7 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n
                        # how well each surface predicts a design point it was not fitted to
                        "spline_cv_rmse_avg_cut": _cv_rmse(design_u, design_y[:, cuts], _spline),
                        "quadratic_cv_rmse_avg_cut": _cv_rmse(design_u, design_y[:, cuts], _quadratic)}
+            control_points = (own_u[j0], own_y[j0])
             continue
         for stat in ("avg_cut", "winner_share"):
             if (name := f"{r}.{stat}") not in names:
@@ -507,7 +515,7 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, n
             if stat == "avg_cut":
                 row["params"] = _named(u_c, group.params)
             (rolling if kind == "rolling" else loro if stat == "avg_cut" else loro_share).append(row)
-    return loro, loro_share, rolling, control
+    return loro, loro_share, rolling, control, control_points
 
 
 def _spline(u: np.ndarray, y: np.ndarray) -> Callable:
@@ -587,9 +595,10 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
     doc = {
         "meta": {"date": dt.date.today().isoformat(), "command": command, "seed": seed,
                  "replications_per_point": reps,
-                 "method": "simulated method of moments; Sobol design + quadratic surrogate; common random numbers; "
-                           "held-out refits on a thin-plate spline over the global design, each simulated "
-                           "and refined",
+                 "method": "simulated method of moments with common random numbers: Sobol design, fit refined "
+                           "on a thin-plate spline through it and its own simulated points, local design and "
+                           "quadratic around that, the best simulated point kept; held-out refits by the same "
+                           "spline refinement on the global design",
                  "note": "savings are not moments; the cumulative savings path is validated out of sample"},
         "parameters": params,
         "fit": {},
@@ -608,6 +617,7 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
                        for g in GROUPS if g.name == f.group for p in g.params if p.prior is not None},
             "objective": round(f.objective, 4),
             "objective_surrogate": round(f.objective_surrogate, 4),
+            "point": f.point,
             "design_points": int(len(f.design_u)),
             **({"uncertainty": {k: ({n: round(x, 4) for n, x in v.items()} if isinstance(v, dict)
                                     else [[round(c, 3) for c in row] for row in v] if k == "correlation" else v)
