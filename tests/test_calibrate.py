@@ -262,3 +262,34 @@ def test_the_fit_is_the_best_simulated_point_and_its_local_design_surrounds_the_
     for j, m in enumerate(moments):
         assert fit.confirmed[m.name] == pytest.approx(_stand_in(m.published, weights[j], u, 0.02), abs=1e-9)
     assert cal.to_toml([fit], command="test", seed=1, reps=1)["fit"]["drug"]["point"] == fit.point
+
+
+def test_calibrate_cli_writes_one_group_and_keeps_the_others(tmp_path):
+    """`vbp calibrate --group stent` refits the stent cost, names the simulated point the fit is,
+    and keeps every other group's stored parameters and fits in the file it updates."""
+    import tomllib
+
+    from click.testing import CliRunner
+
+    from vbp import data
+    from vbp.cli import cli
+
+    stored = data.read_toml("calibration.toml")
+    out = tmp_path / "calibration.toml"
+    out.write_text((data.data_dir() / "calibration.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    r = CliRunner().invoke(cli, ["calibrate", "--group", "stent", "-n", "1", "--workers", "1",
+                                 "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    doc = tomllib.loads(out.read_text(encoding="utf-8"))
+    assert doc["meta"]["command"] == "vbp calibrate --group stent -n 1 --seed 20181206 --workers 1"
+    assert doc["meta"]["replications_per_point"] == 1
+    fit = doc["fit"]["stent"]
+    assert f"stent: objective {fit['objective']} ({fit['point']})" in r.output
+    assert fit["point"].startswith(("surrogate optimum", "control refit step", "global design point",
+                                    "local design point"))
+    assert 0.005 <= doc["parameters"]["agents.cost_median_stent"] <= 0.2
+    for key, value in stored["parameters"].items():  # the other groups are untouched
+        if key != "agents.cost_median_stent":
+            assert doc["parameters"][key] == value
+    assert doc["fit"]["drug"] == stored["fit"]["drug"]
+    assert doc["loro"] == stored["loro"]

@@ -507,7 +507,9 @@ def calibrate(out, replications, seed, workers, groups, quiet):
 
     fits = cal.calibrate(reps=replications, seed=seed, workers=workers or default_workers(),
                          groups=tuple(groups) or None, progress=progress)
-    doc = cal.to_toml(fits, command=" ".join(["vbp", *sys.argv[1:]]), seed=seed, reps=replications)
+    command = ["vbp", "calibrate", *(f"--group {g}" for g in groups), f"-n {replications}", f"--seed {seed}"]
+    command += [f"--workers {workers}"] if workers else []
+    doc = cal.to_toml(fits, command=" ".join(command), seed=seed, reps=replications)
     if any(f.group == "drug" for f in fits):
         if not quiet:
             click.echo(f"  model error: {cal.MODEL_ERROR_REPS} replications of the calibrated history", err=True)
@@ -527,7 +529,8 @@ def calibrate(out, replications, seed, workers, groups, quiet):
         doc = old
     atomic_write_text(path, "# Written by `vbp calibrate`; see docs/validation.md.\n" + tomli_w.dumps(doc))
     for name, fit in doc["fit"].items():
-        click.echo(f"{name}: objective {fit['objective']}")
+        where = f" ({fit['point']})" if fit.get("point") else ""
+        click.echo(f"{name}: objective {fit['objective']}{where}")
         for m in fit["moments"]:
             click.echo(f"  {m['name']:<28} published {m['published']:.3f}  simulated {m['simulated']:.3f}"
                        f"  error {m['error']:+.3f}")
