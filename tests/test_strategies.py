@@ -298,6 +298,32 @@ def test_determinism_and_cache():
         first.bids[0] = 0.0  # cached arrays are read-only
 
 
+def test_the_disk_cache_is_keyed_by_the_solver_source(monkeypatch, tmp_path):
+    """A bid function solved by one version of the solver or the award rules is not read back by
+    another: the disk path carries a digest of their source."""
+    from vbp import strategies
+
+    monkeypatch.setenv("VBP_CACHE_DIR", str(tmp_path))
+    ctx = harbour_ctx(4, LOGNORMAL, 0.9)
+    eq = Equilibrium(grid=24, samples=256)
+    clear_cache()
+    first = eq.bid_function(ctx)
+    stored = list(tmp_path.rglob("*.npz"))
+    assert len(stored) == 1 and strategies.solver_digest() in stored[0].parts
+    with np.load(stored[0]) as z:  # mark the entry on disk, keeping its key
+        marked = {k: z[k] for k in z.files}
+    marked["bids"] = np.full_like(marked["bids"], 0.5)
+    np.savez(stored[0], **marked)
+    clear_cache()
+    assert np.all(eq.bid_function(ctx).bids == 0.5)  # the same code reads the entry back
+
+    monkeypatch.setattr(strategies, "solver_digest", lambda: "edited-solver")
+    clear_cache()
+    again = eq.bid_function(ctx)  # other code does not: it solves afresh
+    assert np.array_equal(again.bids, first.bids)
+    assert len(list((tmp_path / "bidfn-v1" / "edited-solver").rglob("*.npz"))) == 1
+
+
 # --------------------------------------------------------------------------- invariants
 
 CONTEXTS = [

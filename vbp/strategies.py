@@ -6,6 +6,7 @@ firm does not bid (its cost is above a capped ceiling).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import numbers
@@ -475,12 +476,23 @@ def cache_dir() -> Path | None:
     return Path.home() / ".cache" / "vbp"
 
 
+@functools.cache
+def solver_digest() -> str:
+    """Digest of the sources a bid function depends on (this module's solver and the award rules):
+    a bid function on disk is only reused by the code that solved it, so editing either never
+    returns a stale one. Other modules (the CLI, metrics, plots) leave the disk cache valid."""
+    h = hashlib.sha256()
+    for name in ("strategies.py", "rules.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _key_path(key: Hashable) -> Path | None:
     root = cache_dir()
     if root is None:
         return None
     digest = hashlib.sha256(repr(key).encode()).hexdigest()
-    return root / "bidfn-v1" / digest[:2] / f"{digest}.npz"
+    return root / "bidfn-v1" / solver_digest() / digest[:2] / f"{digest}.npz"
 
 
 def _load(key: Hashable) -> BidFunction | None:
