@@ -34,7 +34,6 @@ Evaluations are cached on disk, so an interrupted calibration resumes where it s
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import json
 import warnings
@@ -42,7 +41,6 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy.interpolate import RBFInterpolator
@@ -54,7 +52,7 @@ from vbp.errors import SimulationError
 from vbp.model import run_replication
 from vbp.records import to_frames
 from vbp.scenario import Scenario, apply_overrides, load_raw, scenario_from_raw
-from vbp.strategies import cache_dir
+from vbp.strategies import cache_dir, source_digest
 
 __all__ = ["Param", "Moment", "Group", "GROUPS", "moments_for", "simulate_moments", "calibrate_group",
            "GroupFit", "calibrate", "to_toml", "model_error"]
@@ -190,14 +188,9 @@ def simulate_moments(scenario: Scenario, moments: list[Moment], reps: int, seed:
     return {m.name: float(means.loc[m.round, m.stat]) for m in moments}
 
 
-@functools.cache
 def code_digest() -> str:
     """Digest of the package's source: cached evaluations are only reused by the code that made them."""
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
+    return source_digest()
 
 
 def _eval_key(scenario: Scenario, reps: int, seed: int, names: list[str]) -> str:

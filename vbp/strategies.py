@@ -477,14 +477,22 @@ def cache_dir() -> Path | None:
 
 
 @functools.cache
+def source_digest(names: tuple[str, ...] | None = None) -> str:
+    """SHA-256 of the package's source (the named modules, else every one): what the on-disk caches
+    key on, so a result is only reused by the code that made it."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(here.glob("*.py")) if names is None else (here / n for n in names):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def solver_digest() -> str:
     """Digest of the sources a bid function depends on (this module's solver and the award rules):
     a bid function on disk is only reused by the code that solved it, so editing either never
     returns a stale one. Other modules (the CLI, metrics, plots) leave the disk cache valid."""
-    h = hashlib.sha256()
-    for name in ("strategies.py", "rules.py"):
-        h.update((Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()[:16]
+    return source_digest(("strategies.py", "rules.py"))[:16]
 
 
 def _key_path(key: Hashable) -> Path | None:
