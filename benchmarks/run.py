@@ -15,13 +15,19 @@ replications. Figures:
   dynamics         national-history-dynamics (re-tenders, exit and entry, supply winner by winner):
                    its median replication time and the ratio to replication_s
   adaptive         national-history with adaptive (learning) bidders: replication time and ratio
+  bid_functions    cold solves of the single- and multi-winner bid functions one replication
+                   needs (every drug round), by the focal fast path (rules.focal_fractions) and
+                   by the stacked award_fractions call it replaces: count, seconds, speedup. Cold
+                   solves are what a calibration spends most of its time on.
   peak_rss_mb      peak resident memory of this process
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import resource
 import statistics
 import sys
@@ -29,6 +35,7 @@ import time
 
 import numpy as np
 
+from vbp import strategies
 from vbp.experiment import run
 from vbp.model import run_replication
 from vbp.scenario import load_scenario
@@ -89,6 +96,39 @@ def measure(reps: int, extra: tuple[str, ...] = ()) -> dict:
     return out
 
 
+def bid_functions() -> dict:
+    """Cold solves of the focal-path bid functions of one replication, both ways, in this run."""
+    solve, recorded = strategies._solve, []
+
+    def record(ctx, eq):
+        if ctx.focal_fn is not None:
+            recorded.append((ctx, eq))
+        return solve(ctx, eq)
+
+    before = os.environ.get("VBP_CACHE_DIR")
+    os.environ["VBP_CACHE_DIR"] = "off"  # every bid function is solved, none read from disk
+    strategies._solve = record
+    strategies.clear_cache()
+    try:
+        run_replication(load_scenario(SCENARIO), 1, 0)
+    finally:
+        strategies._solve = solve
+        if before is None:
+            os.environ.pop("VBP_CACHE_DIR")
+        else:
+            os.environ["VBP_CACHE_DIR"] = before
+
+    def seconds(focal: bool) -> float:
+        t0 = time.perf_counter()
+        for ctx, eq in recorded:
+            solve(ctx if focal else dataclasses.replace(ctx, focal_fn=None), eq)
+        return time.perf_counter() - t0
+
+    fast, stacked = seconds(True), seconds(False)
+    return {"count": len(recorded), "focal_s": round(fast, 2), "stacked_s": round(stacked, 2),
+            "speedup": round(stacked / fast, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
@@ -119,6 +159,7 @@ def main() -> None:
         walls, _ = timed_reps(s, args.reps)
         t = statistics.median(walls)
         res[key] = {"replication_s": round(t, 4), "ratio": round(t / res["replication_s"], 2)}
+    res["bid_functions"] = bid_functions()
     if args.planner:
         res["planner"] = measure(max(3, args.reps // 2), ("optimizer.mode=planner",))
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

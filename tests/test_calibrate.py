@@ -249,14 +249,24 @@ def test_the_fit_is_the_best_simulated_point_and_its_local_design_surrounds_the_
     w = 1 / np.array([m.scale for m in moments]) ** 2
     n_global = 16 + 1
     u_c = cal._to_unit(np.array([fit.refit_control["params"][p.path] for p in group.params]), group.params)
+    per_round = max(8, 16 // 2, cal._features(u_c[None]).shape[1] + 8) + 1  # the design and its centre
     local = fit.design_u[n_global:]
-    assert len(local) > len(group.params) and np.all(np.abs(local - u_c) <= 0.2 + 1e-9)
+    rounds = [local[i:i + per_round] for i in range(0, len(local), per_round)]
+    assert len(local) == per_round * len(rounds) and 1 <= len(rounds) <= cal.LOCAL_ROUNDS
+    # the first local design surrounds the control; each later one the best point so far, at half
+    # the radius, and only while the best point moves
+    assert np.array_equal(rounds[0][-1], u_c)
+    centres = [r[-1] for r in rounds]
+    for k, r in enumerate(rounds):
+        assert np.all(np.abs(r - centres[k]) <= 0.2 / 2 ** k + 1e-9)
+    for a, b in zip(centres, centres[1:]):
+        assert not np.array_equal(a, b)
     design_obj = [float(np.sum(w * (row - pub) ** 2)) + cal._prior_penalty(p, group.params)
                   for p, row in zip(fit.design_u, fit.design_y)]
     assert fit.objective <= min(design_obj) + 1e-12
     assert fit.objective <= fit.refit_control["objective"] + 1e-12
-    assert fit.point in {"surrogate optimum", "global design point", "local design point"} or \
-        fit.point.startswith("control refit step")
+    assert fit.point.startswith(("surrogate optimum", "global design point", "local design point",
+                                 "control refit step"))
     weights = _stand_in_weights(len(moments), len(group.params))
     u = cal._to_unit(np.array([fit.params[p.path] for p in group.params], dtype=float), group.params)
     for j, m in enumerate(moments):
@@ -283,6 +293,7 @@ def test_calibrate_cli_writes_one_group_and_keeps_the_others(tmp_path):
     doc = tomllib.loads(out.read_text(encoding="utf-8"))
     assert doc["meta"]["command"] == "vbp calibrate --group stent -n 1 --seed 20181206 --workers 1"
     assert doc["meta"]["replications_per_point"] == 1
+    assert doc["fit"]["stent"]["replications_per_point"] == 1
     fit = doc["fit"]["stent"]
     assert f"stent: objective {fit['objective']} ({fit['point']})" in r.output
     assert fit["point"].startswith(("surrogate optimum", "control refit step", "global design point",
@@ -293,3 +304,19 @@ def test_calibrate_cli_writes_one_group_and_keeps_the_others(tmp_path):
             assert doc["parameters"][key] == value
     assert doc["fit"]["drug"] == stored["fit"]["drug"]
     assert doc["loro"] == stored["loro"]
+
+
+def test_each_group_simulates_its_own_replications(monkeypatch):
+    """The joint round has few competition units: its group simulates five times `reps`, and the
+    file says how many replications each fit used."""
+    seen = {}
+
+    def fake(group, base, file, *, reps, seed, workers, progress=None):
+        seen[group.name] = reps
+        raise StopIteration
+
+    monkeypatch.setattr(cal, "calibrate_group", fake)
+    for name in ("joint", "stent"):
+        with pytest.raises(StopIteration):
+            cal.calibrate(reps=3, groups=(name,))
+    assert seen == {"joint": 15, "stent": 3}

@@ -9,12 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vbp.rules import (
+    FOCAL_KINDS,
     RULEBOOK_KINDS,
     Award,
     Rulebook,
     award,
     award_fractions,
     contract_years_for,
+    focal_fractions,
     lookup,
     max_winners_for,
     resolve_pre_awards,
@@ -427,6 +429,50 @@ def test_award_fractions_matches_award_row_by_row(rows, i, seed, equal):
     expected = np.array([award(rb, row, CEILING, reserve=reserve, demand_share=share).agreed
                          for row in bids])
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+
+
+FOCAL = [rb for rb in ALL + [BATCH10, BATCH11] if rb.kind in FOCAL_KINDS]
+
+
+@settings(max_examples=150, deadline=None)
+@given(nodes=st.lists(price, min_size=1, max_size=8),
+       rivals=st.lists(st.lists(price, min_size=0, max_size=19), min_size=1, max_size=5),
+       i=st.sampled_from(range(len(FOCAL))), cap=st.booleans())
+def test_focal_fractions_equal_award_fractions_bit_for_bit(nodes, rivals, i, cap):
+    """The solver's fast path: a focal bid (first in its row, so it wins ties) against rival
+    profiles gets exactly what award_fractions gives column 0 of the stacked rows. Exact
+    equality, since cached bid functions do not record which path solved them."""
+    rb = dataclasses.replace(FOCAL[i], ceiling_is_cap=cap)
+    k = min(len(r) for r in rivals)
+    x, r = np.array(nodes, float), np.array([row[:k] for row in rivals], float)
+    rows = np.empty((x.size * r.shape[0], k + 1))
+    rows[:, 0], rows[:, 1:] = np.repeat(x, r.shape[0]), np.tile(r, (x.size, 1))
+    expected = award_fractions(rb, rows, CEILING)[:, 0].reshape(x.size, r.shape[0])
+    got = focal_fractions(rb, x, r, CEILING)
+    assert got.shape == expected.shape
+    assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("rb", FOCAL, ids=lambda rb: rb.name)
+def test_focal_fractions_large_sample_with_ties(rb):
+    rng = np.random.default_rng(12)
+    rivals = np.round(rng.uniform(0.0, 12.0, (512, 59)), 1)  # 60 bidders: ties, invalid bids
+    rivals[rng.random(rivals.shape) < 0.1] = NAN
+    nodes = np.concatenate([np.round(rng.uniform(0.0, 12.0, 40), 1), [0.1, 1.8, 5.0, 10.0, NAN]])
+    rows = np.empty((nodes.size * 512, 60))
+    rows[:, 0], rows[:, 1:] = np.repeat(nodes, 512), np.tile(rivals, (nodes.size, 1))
+    expected = award_fractions(rb, rows, CEILING)[:, 0].reshape(nodes.size, 512)
+    assert np.array_equal(focal_fractions(rb, nodes, rivals, CEILING), expected)
+    assert expected.any()  # the sample is not all losers
+
+
+def test_focal_fractions_refuses_other_kinds_and_shapes():
+    with pytest.raises(ValueError, match="focal_fractions handles kinds"):
+        focal_fractions(STENT, np.array([1.0]), np.ones((2, 3)), CEILING)
+    with pytest.raises(ValueError, match="nodes must be 1-D"):
+        focal_fractions(BATCH9, np.ones((2, 2)), np.ones((2, 3)), CEILING)
+    with pytest.raises(ValueError, match="ceiling must be"):
+        focal_fractions(BATCH9, np.ones(2), np.ones((2, 3)), 0.0)
 
 
 def test_award_fractions_known_answers():

@@ -281,6 +281,32 @@ def test_equilibrium_needs_a_valid_award_fn():
         Equilibrium().bid_function(bad)
 
 
+def test_the_focal_fast_path_solves_the_same_bid_function_bit_for_bit():
+    """A BidContext's focal_fn replaces the stacked award_fn call; the bid-function cache does
+    not tell the two apart, so the solve must not either."""
+    from vbp.rules import Rulebook, award_fractions, focal_fractions
+
+    rb = Rulebook("b9", "multi_winner", max_winners=(1, 2, 2, 3, 4, 4, 5, 6), gate_ratio=1.8,
+                  safe_harbour_cut=0.5, volume_shares=(0.5, 0.6, 0.7, 0.8))
+    eq = Equilibrium(grid=24, samples=256)
+    for n in (2, 5, 9):
+        kw = dict(n_bidders=n, ceiling=0.9, award_key=("b9", n), costs=LOGNORMAL)
+        slow = BidContext(award_fn=functools.partial(award_fractions, rb, ceiling=0.9), **kw)
+        fast = BidContext(award_fn=slow.award_fn, focal_fn=functools.partial(focal_fractions, rb, ceiling=0.9),
+                          **kw)
+        clear_cache()
+        a = eq.bid_function(slow)
+        clear_cache()
+        b = eq.bid_function(fast)
+        assert a is not b
+        assert np.array_equal(a.bids, b.bids) and np.array_equal(a.costs, b.costs)
+        assert (a.iterations, a.max_change) == (b.iterations, b.max_change)
+    clear_cache()
+    bad = BidContext(3, 1.0, single_winner, "bad-focal", UniformCost(), focal_fn=lambda x, r: r)
+    with pytest.raises(ValueError, match="focal_fn returned shape"):
+        Equilibrium().bid_function(bad)
+
+
 def test_determinism_and_cache():
     ctx = harbour_ctx(4, LOGNORMAL, 0.9)
     eq = Equilibrium(grid=24, samples=256)

@@ -20,14 +20,16 @@ each point with the same replication seeds (common random numbers, so difference
 are not noise). Minimise the weighted squared distance to the published moments on a thin-plate
 spline through that design, simulate the minimiser, add it to the spline and repeat (the control
 refit, `REFIT_STEPS` simulations). Around the control's point, simulate a local design, fit each
-moment by a quadratic in the (log) parameters, minimise on it and simulate its optimum. The fit is
-the simulated point that fits best, whichever stage placed it; the local quadratic's slopes give
-the standard errors. Leave-one-round-out and rolling origin: the control's procedure with one drug
-round's moments (or the later rounds') left out, on the global design and each refit's own
-simulated points; the left-out round is read from the refit's simulation. Those residuals, less
-each round's replication spread, give the model's structural error, which widens forecast
-intervals (`vbp.predictive`). Savings are never moments: the cumulative savings path stays an
-out-of-sample check.
+moment by a quadratic in the (log) parameters, minimise on it and simulate its optimum; while that
+moves the best simulated point, repeat around the new best with half the radius (`LOCAL_ROUNDS`).
+The fit is the simulated point that fits best, whichever stage placed it; the last local
+quadratic's slopes give the standard errors. Leave-one-round-out and rolling origin: the
+control's procedure with one drug round's moments (or the later rounds') left out, on the global
+design and each refit's own simulated points; the left-out round is read from the refit's
+simulation. Those residuals, less each round's replication spread, give the model's structural
+error, which widens forecast intervals (`vbp.predictive`). Savings are never moments: the
+cumulative savings path stays an out-of-sample check. The joint round has few competition units,
+so its group simulates five times the replications (`Group.reps_scale`).
 Evaluations are cached on disk, so an interrupted calibration resumes where it stopped.
 """
 
@@ -88,6 +90,9 @@ class Group:
     rounds: tuple[str, ...]  # rounds simulated for this group (including predecessors)
     params: tuple[Param, ...]
     design: int  # Sobol design size
+    # replications per point = `reps` x this: a round of few competition units is noisy, and its
+    # moments need more replications to be measured as well as the scales assume
+    reps_scale: int = 1
 
 
 GROUPS = (
@@ -111,7 +116,7 @@ GROUPS = (
         Param("agents.cost_median_joint", 0.02, 0.5, "joint unit cost"),
         Param("rulebooks.joint.gate_ratio", 1.2, 6.0,
               "the first round's win threshold was not published: estimated from the winner share"),
-    ), 16),
+    ), 16, reps_scale=5),
     Group("insulin", ("insulin",), (Param("agents.cost_median_insulin", 0.05, 0.9, "insulin unit cost"),), 8),
 )
 
@@ -123,6 +128,10 @@ ROLLING_MIN_ROUNDS = 3
 #: Times each held-out refit is simulated: after each simulation the point joins that refit's
 #: surface and the refit is repeated.
 REFIT_STEPS = 4
+
+#: Local designs at most: the first around the control's point, each later one around the best
+#: simulated point so far, with half the radius, while that point keeps moving.
+LOCAL_ROUNDS = 3
 
 #: Smoothing of the refits' thin-plate spline: the design's moments are 4-replication means, so the
 #: surface need not pass through each exactly.
@@ -332,34 +341,49 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
         group, moments, u1, y1, scen, held_out=group.name == "drug", reps=reps, seed=seed, workers=workers,
         progress=progress)
     u_c = _to_unit(np.array([control["params"][p.path] for p in group.params], dtype=float), group.params)
-    # stage 3: a local design around the control's point, where a quadratic is accurate (its slopes
-    # give the standard errors); more points than it has coefficients, or its R² means nothing
-    half = 0.2
-    lo, hi = np.clip(u_c - half, 0, 1), np.clip(u_c + half, 0, 1)
+    # stage 3: local designs, where a quadratic is accurate (its slopes give the standard errors);
+    # more points than it has coefficients, or its R² means nothing. The first is placed around
+    # the control's point; while a round moves the best simulated point, the next is placed
+    # around that point with half the radius (a trust region), up to LOCAL_ROUNDS.
     n_local = max(8, group.design // 2, _features(u1[:1]).shape[1] + 8)
-    local = np.vstack([lo + sob.random(n_local) * (hi - lo), u_c])
-    y2 = simulate(local, "local")
-    ok = np.all(np.isfinite(y2), axis=1)
-    coef, *_ = np.linalg.lstsq(_features(local[ok]), y2[ok], rcond=None)
-    resid = y2[ok] - _features(local[ok]) @ coef
-    r2 = {n: float(1 - resid[:, j].var() / max(y2[ok][:, j].var(), 1e-12)) for j, n in enumerate(names)}
-    surrogate = _objective(coef, pub, w, keep_all, group.params)
-    order = np.argsort([surrogate(row) for row in local[ok]])
-    u_q = _minimise(surrogate, dim, np.vstack([local[ok][order[:4]], u_c]))
-    u_q = _to_unit(_rounded(_from_unit(u_q, group.params), group.params), group.params)  # as simulated
-    y_q = simulate(u_q[None], "optimum")[0]
-    # The fit is the simulated point (all with the same seeds) that fits best: the quadratic's
-    # optimum, one of the control's refinements, or a design point. A surface can mislead where a
-    # moment bends, so none is taken on its word.
-    u = np.vstack([u1, local])
-    y = np.vstack([y1, y2])
-    cand_u = np.vstack([u_q[None], own_u, u])
-    cand_y = np.vstack([y_q[None], own_y, y])
-    sources = (["surrogate optimum"] + [f"control refit step {k + 1}" for k in range(len(own_u))]
-               + ["global design point"] * len(u1) + ["local design point"] * len(local))
-    obj = np.array([float(np.sum(w * (row - pub) ** 2)) + _prior_penalty(p, group.params)
-                    for p, row in zip(cand_u, cand_y)])
-    best = int(np.argmin(np.where(np.isfinite(obj), obj, np.inf)))
+
+    def objective_of(points, rows):
+        return np.array([float(np.sum(w * (row - pub) ** 2)) + _prior_penalty(p, group.params)
+                         for p, row in zip(points, rows)])
+
+    cand_u, cand_y = np.vstack([own_u, u1]), np.vstack([own_y, y1])
+    sources = [f"control refit step {k + 1}" for k in range(len(own_u))] + ["global design point"] * len(u1)
+    local_u, local_y = [], []
+    centre, half = u_c, 0.2
+    for rnd in range(1, LOCAL_ROUNDS + 1):
+        tag = "" if rnd == 1 else f" (round {rnd})"
+        lo, hi = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+        local = np.vstack([lo + sob.random(n_local) * (hi - lo), centre])
+        y2 = simulate(local, "local" if rnd == 1 else f"local round {rnd}")
+        ok = np.all(np.isfinite(y2), axis=1)
+        coef, *_ = np.linalg.lstsq(_features(local[ok]), y2[ok], rcond=None)
+        resid = y2[ok] - _features(local[ok]) @ coef
+        r2 = {n: float(1 - resid[:, j].var() / max(y2[ok][:, j].var(), 1e-12)) for j, n in enumerate(names)}
+        surrogate = _objective(coef, pub, w, keep_all, group.params)
+        order = np.argsort([surrogate(row) for row in local[ok]])
+        u_q = _minimise(surrogate, dim, np.vstack([local[ok][order[:4]], centre]))
+        u_q = _to_unit(_rounded(_from_unit(u_q, group.params), group.params), group.params)  # as simulated
+        y_q = simulate(u_q[None], "optimum" if rnd == 1 else f"optimum round {rnd}")[0]
+        local_u.append(local)
+        local_y.append(y2)
+        cand_u = np.vstack([u_q[None], cand_u, local])
+        cand_y = np.vstack([y_q[None], cand_y, y2])
+        sources = [f"surrogate optimum{tag}"] + sources + [f"local design point{tag}"] * len(local)
+        # The fit is the simulated point (all with the same seeds) that fits best: a quadratic's
+        # optimum, one of the control's refinements, or a design point. A surface can mislead where
+        # a moment bends, so none is taken on its word.
+        obj = objective_of(cand_u, cand_y)
+        best = int(np.argmin(np.where(np.isfinite(obj), obj, np.inf)))
+        if np.array_equal(cand_u[best], centre):
+            break
+        centre, half = cand_u[best], half / 2
+    u = np.vstack([u1, *local_u])
+    y = np.vstack([y1, *local_y])
     if not np.isfinite(obj[best]):
         raise SimulationError(f"no simulated point of the {group.name} calibration has every moment defined")
     u_hat = cand_u[best]
@@ -576,7 +600,8 @@ def calibrate(*, reps: int = 4, seed: int = 20181206, workers: int = 2, groups: 
     raw, file = load_raw("national-history", calibrated=False)
     base = json.loads(json.dumps(raw, default=str))
     chosen = [g for g in GROUPS if groups is None or g.name in groups]
-    return [calibrate_group(g, base, file, reps=reps, seed=seed, workers=workers, progress=progress)
+    return [calibrate_group(g, base, file, reps=reps * g.reps_scale, seed=seed, workers=workers,
+                            progress=progress)
             for g in chosen]
 
 
@@ -612,6 +637,7 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
             "objective_surrogate": round(f.objective_surrogate, 4),
             "point": f.point,
             "design_points": int(len(f.design_u)),
+            "replications_per_point": reps * next(g.reps_scale for g in GROUPS if g.name == f.group),
             **({"uncertainty": {k: ({n: round(x, 4) for n, x in v.items()} if isinstance(v, dict)
                                     else [[round(c, 3) for c in row] for row in v] if k == "correlation" else v)
                                 for k, v in f.uncertainty.items()}} if f.uncertainty else {}),

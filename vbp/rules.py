@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["RULEBOOK_KINDS", "Rulebook", "Award", "lookup", "max_winners_for",
            "volume_share_for", "contract_years_for", "valid_bids", "award", "award_fractions",
-           "resolve_pre_awards"]
+           "FOCAL_KINDS", "focal_fractions", "resolve_pre_awards"]
 
 RULEBOOK_KINDS = ("single_winner", "multi_winner", "stent", "joint", "insulin")
 
@@ -412,6 +412,54 @@ def award_fractions(rb: Rulebook, bids: np.ndarray, ceiling: float,
     out = np.empty(S * n)
     out[flat] = ranked.ravel()
     return out.reshape(S, n)
+
+
+FOCAL_KINDS = ("single_winner", "multi_winner")
+
+
+def focal_fractions(rb: Rulebook, nodes: np.ndarray, rivals: np.ndarray, ceiling: float) -> np.ndarray:
+    """(m, S) agreed fraction of a focal bid at each of m `nodes` against each of S rival
+    profiles (S, k), for the kinds in FOCAL_KINDS with equal demand shares.
+
+    Equals `award_fractions(rb, [[x, *r]], ceiling)[:, 0]` for every node x and profile r, bit
+    for bit, without sorting: in these kinds the focal bid's award depends only on its rank among
+    the valid bids (it is first in the row, so it wins price ties), the lowest valid bid, the
+    mean valid bid (anchor gate) and counts. It is what the equilibrium solver evaluates, many
+    thousand profiles per iteration.
+    """
+    if rb.kind not in FOCAL_KINDS:
+        raise ValueError(f"focal_fractions handles kinds {FOCAL_KINDS}, got {rb.kind!r}")
+    x = np.asarray(nodes, dtype=float)
+    r = np.asarray(rivals, dtype=float)
+    if x.ndim != 1 or r.ndim != 2:
+        raise ValueError(f"nodes must be 1-D and rivals 2-D, got shapes {x.shape}, {r.shape}")
+    _check_inputs(r, ceiling, None, ndim=2)
+    (m,), (S, k) = x.shape, r.shape
+    vx, vr = valid_bids(rb, x, ceiling), valid_bids(rb, r, ceiling)
+    n_valid = vx[:, None].astype(int) + vr.sum(axis=1)[None, :]
+    low_r = np.where(vr, r, np.inf).min(axis=1) if k else np.full(S, np.inf)
+    lowest = np.minimum(np.where(vx, x, np.inf)[:, None], low_r[None, :])
+    rv = np.where(vr, r, np.nan)[None, :, :]  # invalid rivals compare False
+    with np.errstate(invalid="ignore"):
+        rank = (rv < x[:, None, None]).sum(axis=2)  # valid rivals strictly below the focal bid
+        if rb.kind == "multi_winner":
+            mean = None
+            if rb.anchor_mean_factor is not None:  # the same sum, in the same order, as award_fractions
+                rows = np.empty((m, S, k + 1))
+                rows[:, :, 0] = np.where(vx, x, 0.0)[:, None]
+                rows[:, :, 1:] = np.where(vr, r, 0.0)[None, :, :]
+                mean = rows.reshape(m * S, k + 1).sum(axis=1).reshape(m, S) / np.maximum(n_valid, 1)
+            thr = _gate_threshold(rb, lowest, mean, ceiling)
+            eligible = (vx[:, None] & (x[:, None] <= thr)) + (rv <= thr[:, :, None]).sum(axis=2)
+        else:
+            eligible = n_valid
+    cap = np.where(n_valid > 0, _table(rb.max_winners, np.maximum(n_valid - 1, 0)), 0)
+    if rb.kind == "single_winner":
+        cap = np.minimum(cap, 1)
+    k_won = np.minimum(cap, eligible)
+    vol = np.where(k_won > 0, _table(rb.volume_shares, np.maximum(k_won - 1, 0)), 0.0)
+    win = vx[:, None] & (rank < k_won)
+    return win * (vol / np.maximum(k_won, 1))
 
 
 def _rank_order(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -136,6 +136,7 @@ class UniformCost:
 # --------------------------------------------------------------------------- interface
 
 AwardFn = Callable[[np.ndarray], np.ndarray]
+FocalFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,10 @@ class BidContext:
     award_key: Hashable  # identifies award_fn (e.g. (rulebook, ceiling)); the cache key for it
     costs: CostModel  # distribution the bidder believes rivals' costs are drawn from
     ceiling_is_cap: bool = True
+    # optional fast path: (nodes (m,), rival bids (S, n-1)) -> (m, S) agreed fraction of a bid at
+    # each node; it must equal award_fn's column 0 on the stacked profiles, bit for bit, since
+    # the bid-function cache does not tell the two apart (rules.focal_fractions)
+    focal_fn: FocalFn | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.n_bidders, int | np.integer) and self.n_bidders >= 1):
@@ -276,10 +281,16 @@ def _nodes(
     return nodes, inverse[: bids.size]
 
 
-def _awards(nodes: np.ndarray, rival_bids: np.ndarray, award_fn: AwardFn) -> np.ndarray:
+def _awards(nodes: np.ndarray, rival_bids: np.ndarray, award_fn: AwardFn,
+            focal_fn: FocalFn | None = None) -> np.ndarray:
     """(nodes, samples) volume won by a bid at each node (column 0) against each rival profile,
-    from a single award_fn call on the stacked profiles."""
+    from a single award_fn call on the stacked profiles, or from focal_fn when given."""
     m, (s, k) = nodes.size, rival_bids.shape
+    if focal_fn is not None:
+        award = np.asarray(focal_fn(nodes, rival_bids), dtype=float)
+        if award.shape != (m, s):
+            raise ValueError(f"focal_fn returned shape {award.shape}, expected {(m, s)}")
+        return np.nan_to_num(award)
     rows = np.empty((m * s, k + 1))
     rows[:, 0] = np.repeat(nodes, s)
     rows[:, 1:] = np.tile(rival_bids, (m, 1))
@@ -363,7 +374,7 @@ def _solve(ctx: BidContext, eq: Equilibrium) -> BidFunction:
         it += 1
         rival_bids = np.where(absent, np.nan, np.interp(rivals, c, b))
         nodes, on = _nodes(b, float(c[0]), ctx, eq.candidates)
-        awards = _awards(nodes, rival_bids, ctx.award_fn)
+        awards = _awards(nodes, rival_bids, ctx.award_fn, ctx.focal_fn)
         vol = awards.mean(axis=1)
         q = _extend_tail(np.minimum.accumulate(vol[on]), surv, _MIN_HITS / eq.samples)
         top = max(float(np.max((nodes - c[-1]) * vol)), 0.0)
