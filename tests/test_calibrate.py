@@ -313,10 +313,7 @@ def test_each_group_simulates_its_own_replications(monkeypatch):
 
     def fake(group, base, file, *, reps, seed, workers, progress=None):
         seen[group.name] = reps
-        raise StopIteration
 
     monkeypatch.setattr(cal, "calibrate_group", fake)
-    for name in ("joint", "stent"):
-        with pytest.raises(StopIteration):
-            cal.calibrate(reps=3, groups=(name,))
+    cal.calibrate(reps=3, groups=("joint", "stent"))
     assert seen == {"joint": 15, "stent": 3}

@@ -287,14 +287,20 @@ def _prior_penalty(u: np.ndarray, params: tuple[Param, ...]) -> float:
                      for p, v in zip(params, x) if p.prior is not None))
 
 
+def _distance(u: np.ndarray, y: np.ndarray, pub: np.ndarray, w: np.ndarray, keep: np.ndarray,
+              params: tuple[Param, ...]) -> float:
+    """The objective at unit point u with moments y: weighted squared distance of the kept moments
+    to the published ones, plus the priors' penalty."""
+    return float(np.sum(w[keep] * (y[keep] - pub[keep]) ** 2)) + _prior_penalty(u, params)
+
+
 def _objective(surface, pub: np.ndarray, w: np.ndarray, keep: np.ndarray, params: tuple[Param, ...]):
     """Weighted squared distance of the surrogate's moments to the kept published ones, plus priors.
     `surface`: the quadratic's coefficients, or a callable from unit points to moments."""
     predict = surface if callable(surface) else (lambda x: _features(x) @ surface)
 
     def f(u):
-        pred = predict(np.atleast_2d(u))
-        return float(np.sum(w[keep] * (pred[0, keep] - pub[keep]) ** 2)) + _prior_penalty(u, params)
+        return _distance(u, predict(np.atleast_2d(u))[0], pub, w, keep, params)
     return f
 
 
@@ -347,10 +353,6 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
     # around that point with half the radius (a trust region), up to LOCAL_ROUNDS.
     n_local = max(8, group.design // 2, _features(u1[:1]).shape[1] + 8)
 
-    def objective_of(points, rows):
-        return np.array([float(np.sum(w * (row - pub) ** 2)) + _prior_penalty(p, group.params)
-                         for p, row in zip(points, rows)])
-
     cand_u, cand_y = np.vstack([own_u, u1]), np.vstack([own_y, y1])
     sources = [f"control refit step {k + 1}" for k in range(len(own_u))] + ["global design point"] * len(u1)
     local_u, local_y = [], []
@@ -377,7 +379,7 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
         # The fit is the simulated point (all with the same seeds) that fits best: a quadratic's
         # optimum, one of the control's refinements, or a design point. A surface can mislead where
         # a moment bends, so none is taken on its word.
-        obj = objective_of(cand_u, cand_y)
+        obj = np.array([_distance(p, row, pub, w, keep_all, group.params) for p, row in zip(cand_u, cand_y)])
         best = int(np.argmin(np.where(np.isfinite(obj), obj, np.inf)))
         if np.array_equal(cand_u[best], centre):
             break
@@ -512,7 +514,7 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, s
         source = "design point" if k is None else f"refit step {steps[j0][k]}"
         if kind == "control":
             control = {"params": _named(u_c, group.params), "refit": source,
-                       "objective": float(np.sum(w * (y_c - pub) ** 2)) + _prior_penalty(u_c, group.params),
+                       "objective": _distance(u_c, y_c, pub, w, keep, group.params),
                        "avg_cut_mae": float(np.mean(np.abs(y_c[cuts] - pub[cuts]))),
                        # how well each surface predicts a design point it was not fitted to
                        "spline_cv_rmse_avg_cut": _cv_rmse(design_u, design_y[:, cuts], _spline),
@@ -558,7 +560,7 @@ def _held_out_choice(own_u: np.ndarray, own_y: np.ndarray, design_u: np.ndarray,
     design point): the best of its own simulated points for the kept moments, or the design point
     whose simulated kept moments (same seeds) fit better."""
     def obj(u_, y_):
-        value = float(np.sum(w[keep] * (y_[keep] - pub[keep]) ** 2)) + _prior_penalty(u_, params)
+        value = _distance(u_, y_, pub, w, keep, params)
         return value if np.isfinite(value) else np.inf
     own = [obj(p, row) for p, row in zip(own_u, own_y)]
     design = [obj(p, row) for p, row in zip(design_u, design_y)]
