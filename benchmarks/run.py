@@ -15,10 +15,10 @@ replications. Figures:
   dynamics         national-history-dynamics (re-tenders, exit and entry, supply winner by winner):
                    its median replication time and the ratio to replication_s
   adaptive         national-history with adaptive (learning) bidders: replication time and ratio
-  bid_functions    cold solves of the single- and multi-winner bid functions one replication
-                   needs (every drug round), by the focal fast path (rules.focal_fractions) and
-                   by the stacked award_fractions call it replaces: count, seconds, speedup. Cold
-                   solves are what a calibration spends most of its time on.
+  bid_functions    cold solves of every bid function one replication needs, by the focal fast
+                   path (rules.focal_fractions) and by the stacked award_fractions call it
+                   replaces: count, seconds, speedup, in all and by rule kind. Cold solves are
+                   what a calibration spends most of its time on.
   peak_rss_mb      peak resident memory of this process
 """
 
@@ -97,12 +97,11 @@ def measure(reps: int, extra: tuple[str, ...] = ()) -> dict:
 
 
 def bid_functions() -> dict:
-    """Cold solves of the focal-path bid functions of one replication, both ways, in this run."""
+    """Cold solves of every bid function of one replication, both ways, in this run, by rule kind."""
     solve, recorded = strategies._solve, []
 
     def record(ctx, eq):
-        if ctx.focal_fn is not None:
-            recorded.append((ctx, eq))
+        recorded.append((ctx, eq))
         return solve(ctx, eq)
 
     before = os.environ.get("VBP_CACHE_DIR")
@@ -118,15 +117,22 @@ def bid_functions() -> dict:
         else:
             os.environ["VBP_CACHE_DIR"] = before
 
-    def seconds(focal: bool) -> float:
-        t0 = time.perf_counter()
+    def seconds(focal: bool) -> dict[str, float]:
+        out: dict[str, float] = {}
         for ctx, eq in recorded:
+            t0 = time.perf_counter()
             solve(ctx if focal else dataclasses.replace(ctx, focal_fn=None), eq)
-        return time.perf_counter() - t0
+            kind = ctx.award_key[0].kind
+            out[kind] = out.get(kind, 0.0) + time.perf_counter() - t0
+        return out
 
     fast, stacked = seconds(True), seconds(False)
-    return {"count": len(recorded), "focal_s": round(fast, 2), "stacked_s": round(stacked, 2),
-            "speedup": round(stacked / fast, 2)}
+    kinds = {kind: {"count": sum(ctx.award_key[0].kind == kind for ctx, _ in recorded),
+                    "focal_s": round(fast[kind], 2), "stacked_s": round(stacked[kind], 2),
+                    "speedup": round(stacked[kind] / fast[kind], 2)} for kind in fast}
+    total_fast, total_stacked = sum(fast.values()), sum(stacked.values())
+    return {"count": len(recorded), "focal_s": round(total_fast, 2), "stacked_s": round(total_stacked, 2),
+            "speedup": round(total_stacked / total_fast, 2), "by_kind": kinds}
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vbp.rules import (
-    FOCAL_KINDS,
     RULEBOOK_KINDS,
     Award,
     Rulebook,
@@ -431,10 +430,16 @@ def test_award_fractions_matches_award_row_by_row(rows, i, seed, equal):
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
 
 
-FOCAL = [rb for rb in ALL + [BATCH10, BATCH11] if rb.kind in FOCAL_KINDS]
+# every kind, and each gate, tier and pool switched on and off
+FOCAL = ALL + [BATCH10, BATCH11,
+               dataclasses.replace(STENT, win_below_ceiling=False),
+               dataclasses.replace(STENT, gate_ratio=None, win_below_ceiling=False, shortlist=None),
+               dataclasses.replace(INSULIN, tier_ratio=None, tier_pool_to_a=True),
+               dataclasses.replace(INSULIN, tier_b_cut=None, tier_pool_to_a=True),
+               dataclasses.replace(INSULIN, tier_ratio=0.9, max_winners=(1, 2, 3))]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(nodes=st.lists(price, min_size=1, max_size=8),
        rivals=st.lists(st.lists(price, min_size=0, max_size=19), min_size=1, max_size=5),
        i=st.sampled_from(range(len(FOCAL))), cap=st.booleans())
@@ -466,9 +471,7 @@ def test_focal_fractions_large_sample_with_ties(rb):
     assert expected.any()  # the sample is not all losers
 
 
-def test_focal_fractions_refuses_other_kinds_and_shapes():
-    with pytest.raises(ValueError, match="focal_fractions handles kinds"):
-        focal_fractions(STENT, np.array([1.0]), np.ones((2, 3)), CEILING)
+def test_focal_fractions_refuses_bad_shapes():
     with pytest.raises(ValueError, match="nodes must be 1-D"):
         focal_fractions(BATCH9, np.ones((2, 2)), np.ones((2, 3)), CEILING)
     with pytest.raises(ValueError, match="ceiling must be"):

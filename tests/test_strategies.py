@@ -281,16 +281,27 @@ def test_equilibrium_needs_a_valid_award_fn():
         Equilibrium().bid_function(bad)
 
 
-def test_the_focal_fast_path_solves_the_same_bid_function_bit_for_bit():
+FOCAL_RULES = {
+    "multi_winner": dict(max_winners=(1, 2, 2, 3, 4, 4, 5, 6), gate_ratio=1.8, safe_harbour_cut=0.5,
+                         volume_shares=(0.5, 0.6, 0.7, 0.8)),
+    "stent": dict(max_winners=(10,), gate_ratio=1.8, win_below_ceiling=True, shortlist=10, ceiling_is_cap=False),
+    "joint": dict(max_winners=(1, 2, 3, 3, 4), gate_ratio=1.8, rank_volume=(1.0, 0.9, 0.85, 0.8),
+                  rank_release=(0.0, 0.0, 0.05, 0.1), remainder_excludes_highest=True),
+    "insulin": dict(max_winners=(100,), tier_ratio=1.3, tier_b_cut=0.4, tier_volumes=(1.0, 0.8, 0.55, 0.45),
+                    tier_pool_to_a=True),
+}
+
+
+@pytest.mark.parametrize("kind", FOCAL_RULES)
+def test_the_focal_fast_path_solves_the_same_bid_function_bit_for_bit(kind):
     """A BidContext's focal_fn replaces the stacked award_fn call; the bid-function cache does
     not tell the two apart, so the solve must not either."""
     from vbp.rules import Rulebook, award_fractions, focal_fractions
 
-    rb = Rulebook("b9", "multi_winner", max_winners=(1, 2, 2, 3, 4, 4, 5, 6), gate_ratio=1.8,
-                  safe_harbour_cut=0.5, volume_shares=(0.5, 0.6, 0.7, 0.8))
+    rb = Rulebook(kind, kind, **FOCAL_RULES[kind])
     eq = Equilibrium(grid=24, samples=256)
     for n in (2, 5, 9):
-        kw = dict(n_bidders=n, ceiling=0.9, award_key=("b9", n), costs=LOGNORMAL)
+        kw = dict(n_bidders=n, ceiling=0.9, award_key=(kind, n), costs=LOGNORMAL, ceiling_is_cap=rb.ceiling_is_cap)
         slow = BidContext(award_fn=functools.partial(award_fractions, rb, ceiling=0.9), **kw)
         fast = BidContext(award_fn=slow.award_fn, focal_fn=functools.partial(focal_fractions, rb, ceiling=0.9),
                           **kw)

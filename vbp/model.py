@@ -333,8 +333,7 @@ class Simulation:
             award_fn=partial(rules.award_fractions, rb_eq, ceiling=ceil_q),
             award_key=(rb_eq, ceil_q), costs=cost_distribution(self.scenario.agents, rnd.category),
             ceiling_is_cap=rb.ceiling_is_cap,
-            focal_fn=(partial(rules.focal_fractions, rb_eq, ceiling=ceil_q)
-                      if rb_eq.kind in rules.FOCAL_KINDS else None),
+            focal_fn=partial(rules.focal_fractions, rb_eq, ceiling=ceil_q),
         )
         frac = self.strategy.bids(u.reserve / scale, ctx)
         if rb.ceiling_is_cap:

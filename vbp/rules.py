@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["RULEBOOK_KINDS", "Rulebook", "Award", "lookup", "max_winners_for",
            "volume_share_for", "contract_years_for", "valid_bids", "award", "award_fractions",
-           "FOCAL_KINDS", "focal_fractions", "resolve_pre_awards"]
+           "focal_fractions", "resolve_pre_awards"]
 
 RULEBOOK_KINDS = ("single_winner", "multi_winner", "stent", "joint", "insulin")
 
@@ -379,56 +379,76 @@ def award_fractions(rb: Rulebook, bids: np.ndarray, ceiling: float,
             eligible = in_valid & (sb <= rb.gate_ratio * lowest[:, None])
         else:
             eligible = in_valid
-    cap = np.where(n_valid > 0, _table(rb.max_winners, np.maximum(n_valid - 1, 0)), 0)
-    if rb.kind == "single_winner":
-        cap = np.minimum(cap, 1)
-    k = np.minimum(cap, eligible.sum(axis=1))
-    win = pos < k[:, None]
-    vol = np.where(k > 0, _table(rb.volume_shares, np.maximum(k - 1, 0)), 0.0)
-    ss = share[order] if rb.kind in ("stent", "joint", "insulin") else None  # shares by rank
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if rb.kind in ("single_winner", "multi_winner"):
-            ranked = win * (vol / np.maximum(k, 1))[:, None]
-        elif rb.kind == "stent":
-            ranked = win * vol[:, None] * _split_rows(ss, win)
-        elif rb.kind == "joint":
-            base = win * _table(rb.rank_volume, pos) * ss
-            pool = (win * _table(rb.rank_release, pos) * ss).sum(axis=1) + (ss * ~win).sum(axis=1)
-            takers = win.copy()
-            if rb.remainder_excludes_highest:
-                takers &= ~((pos == (k - 1)[:, None]) & (k > 1)[:, None])
-            ranked = base + pool[:, None] * _split_rows(ss, takers)
-        else:  # insulin
-            tier = np.full((S, n), 3)
-            if rb.tier_b_cut is not None:
-                tier = np.where(sb <= (1.0 - rb.tier_b_cut) * ceiling, 2, tier)
-            if rb.tier_ratio is not None:
-                tier = np.where(sb <= rb.tier_ratio * lowest[:, None], 1, tier)
-            tier[:, :1] = 0
-            ranked = win * np.asarray(rb.tier_volumes)[tier] * ss
-            if rb.tier_pool_to_a:
-                pool = np.maximum(0.0, ss.sum(axis=1) - ranked.sum(axis=1))
-                ranked = ranked + pool[:, None] * _split_rows(ss, win & (tier <= 1))
+    k = np.minimum(_cap(rb, n_valid), eligible.sum(axis=1))
+    ss = share[order] if rb.kind in _SHARE_KINDS else None  # shares by rank
+    tier = _insulin_tiers(rb, sb, lowest, ceiling) if rb.kind == "insulin" else None
+    ranked = _ranked(rb, k, n, ss, tier)
     out = np.empty(S * n)
     out[flat] = ranked.ravel()
     return out.reshape(S, n)
 
 
-FOCAL_KINDS = ("single_winner", "multi_winner")
+_SHARE_KINDS = ("stent", "joint", "insulin")  # kinds whose volumes follow demand shares
+
+
+def _cap(rb: Rulebook, n_valid: np.ndarray) -> np.ndarray:
+    """Most winners allowed, per sample, for `n_valid` valid bids."""
+    cap = np.where(n_valid > 0, _table(rb.max_winners, np.maximum(n_valid - 1, 0)), 0)
+    return np.minimum(cap, 1) if rb.kind == "single_winner" else cap
+
+
+def _insulin_tiers(rb: Rulebook, sb: np.ndarray, lowest: np.ndarray, ceiling: float) -> np.ndarray:
+    """Insulin tier of each rank (0 = A1, 1 = A, 2 = B, 3 = C) from prices in rank order."""
+    tier = np.full(sb.shape, 3)
+    with np.errstate(invalid="ignore"):
+        if rb.tier_b_cut is not None:
+            tier = np.where(sb <= (1.0 - rb.tier_b_cut) * ceiling, 2, tier)
+        if rb.tier_ratio is not None:
+            tier = np.where(sb <= rb.tier_ratio * lowest[:, None], 1, tier)
+    tier[:, :1] = 0
+    return tier
+
+
+def _ranked(rb: Rulebook, k: np.ndarray, n: int, ss: np.ndarray | None, tier: np.ndarray | None) -> np.ndarray:
+    """(S, n) agreed fractions in rank order when the first k[s] ranks win: `ss` the demand
+    shares by rank (kinds in _SHARE_KINDS), `tier` the insulin tiers by rank.
+
+    The one place the volumes are computed, for award_fractions and focal_fractions alike."""
+    pos = np.arange(n)
+    win = pos < k[:, None]
+    vol = np.where(k > 0, _table(rb.volume_shares, np.maximum(k - 1, 0)), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if rb.kind in ("single_winner", "multi_winner"):
+            return win * (vol / np.maximum(k, 1))[:, None]
+        if rb.kind == "stent":
+            return win * vol[:, None] * _split_rows(ss, win)
+        if rb.kind == "joint":
+            base = win * _table(rb.rank_volume, pos) * ss
+            pool = (win * _table(rb.rank_release, pos) * ss).sum(axis=1) + (ss * ~win).sum(axis=1)
+            takers = win.copy()
+            if rb.remainder_excludes_highest:
+                takers &= ~((pos == (k - 1)[:, None]) & (k > 1)[:, None])
+            return base + pool[:, None] * _split_rows(ss, takers)
+        ranked = win * np.asarray(rb.tier_volumes)[tier] * ss  # insulin
+        if rb.tier_pool_to_a:
+            pool = np.maximum(0.0, ss.sum(axis=1) - ranked.sum(axis=1))
+            ranked = ranked + pool[:, None] * _split_rows(ss, win & (tier <= 1))
+        return ranked
 
 
 def focal_fractions(rb: Rulebook, nodes: np.ndarray, rivals: np.ndarray, ceiling: float) -> np.ndarray:
     """(m, S) agreed fraction of a focal bid at each of m `nodes` against each of S rival
-    profiles (S, k), for the kinds in FOCAL_KINDS with equal demand shares.
+    profiles (S, k), with equal demand shares.
 
     Equals `award_fractions(rb, [[x, *r]], ceiling)[:, 0]` for every node x and profile r, bit
-    for bit, without sorting: in these kinds the focal bid's award depends only on its rank among
-    the valid bids (it is first in the row, so it wins price ties), the lowest valid bid, the
-    mean valid bid (anchor gate) and counts. It is what the equilibrium solver evaluates, many
-    thousand profiles per iteration.
+    for bit, without sorting. The focal bid's award depends only on its rank among the valid bids
+    (it is first in the row, so it wins price ties) and on the row's pattern: how many win, and
+    for insulin how many winners fall in each tier. These follow from counts against the lowest
+    valid bid, the mean valid bid (anchor gate) and the ceiling. Single- and multi-winner awards
+    are then one expression; for the other kinds the rows of each pattern present are built in
+    rank order and given to the same `_ranked` as award_fractions. It is what the equilibrium
+    solver evaluates, many thousand profiles per iteration.
     """
-    if rb.kind not in FOCAL_KINDS:
-        raise ValueError(f"focal_fractions handles kinds {FOCAL_KINDS}, got {rb.kind!r}")
     x = np.asarray(nodes, dtype=float)
     r = np.asarray(rivals, dtype=float)
     if x.ndim != 1 or r.ndim != 2:
@@ -440,6 +460,19 @@ def focal_fractions(rb: Rulebook, nodes: np.ndarray, rivals: np.ndarray, ceiling
     low_r = np.where(vr, r, np.inf).min(axis=1) if k else np.full(S, np.inf)
     lowest = np.minimum(np.where(vx, x, np.inf)[:, None], low_r[None, :])
     rv = np.where(vr, r, np.nan)[None, :, :]  # invalid rivals compare False
+
+    def test(t, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Focal (m, S) and rival (m, S, k) bids <= t, or < t when `strict`; t broadcasts to (m, S)."""
+        t = np.broadcast_to(t, (m, S))
+        op = np.less if strict else np.less_equal
+        return op(x[:, None], t), op(rv, t[:, :, None])
+
+    def count(*tests: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Valid bids of each row that pass any of the tests (m, S)."""
+        fx = np.logical_or.reduce([t[0] for t in tests])
+        fr = np.logical_or.reduce([t[1] for t in tests])
+        return (vx[:, None] & fx) + fr.sum(axis=2)
+
     with np.errstate(invalid="ignore"):
         rank = (rv < x[:, None, None]).sum(axis=2)  # valid rivals strictly below the focal bid
         if rb.kind == "multi_winner":
@@ -449,17 +482,40 @@ def focal_fractions(rb: Rulebook, nodes: np.ndarray, rivals: np.ndarray, ceiling
                 rows[:, :, 0] = np.where(vx, x, 0.0)[:, None]
                 rows[:, :, 1:] = np.where(vr, r, 0.0)[None, :, :]
                 mean = rows.reshape(m * S, k + 1).sum(axis=1).reshape(m, S) / np.maximum(n_valid, 1)
-            thr = _gate_threshold(rb, lowest, mean, ceiling)
-            eligible = (vx[:, None] & (x[:, None] <= thr)) + (rv <= thr[:, :, None]).sum(axis=2)
+            eligible = count(test(_gate_threshold(rb, lowest, mean, ceiling)))
+        elif rb.kind == "stent":  # a shortlist, then a ratio gate or "below the ceiling"
+            eligible = np.minimum(n_valid, rb.shortlist or k + 1)
+            tests = [test(rb.gate_ratio * lowest)] if rb.gate_ratio is not None else []
+            if rb.win_below_ceiling:
+                tests.append(test(ceiling, strict=True))
+            if tests:
+                eligible = np.minimum(eligible, count(*tests))
+        elif rb.kind == "joint" and rb.gate_ratio is not None:
+            eligible = count(test(rb.gate_ratio * lowest))
         else:
             eligible = n_valid
-    cap = np.where(n_valid > 0, _table(rb.max_winners, np.maximum(n_valid - 1, 0)), 0)
-    if rb.kind == "single_winner":
-        cap = np.minimum(cap, 1)
-    k_won = np.minimum(cap, eligible)
-    vol = np.where(k_won > 0, _table(rb.volume_shares, np.maximum(k_won - 1, 0)), 0.0)
-    win = vx[:, None] & (rank < k_won)
-    return win * (vol / np.maximum(k_won, 1))
+        if rb.kind == "insulin":  # winners in tier A1 or A (c1 + 1) and in A1 to B (c12 + 1)
+            none = np.zeros_like(n_valid)
+            n_a = count(test(rb.tier_ratio * lowest)) if rb.tier_ratio is not None else none
+            n_b = count(test((1.0 - rb.tier_b_cut) * ceiling)) if rb.tier_b_cut is not None else none
+    k_won = np.minimum(_cap(rb, n_valid), eligible)
+    if rb.kind in ("single_winner", "multi_winner"):
+        vol = np.where(k_won > 0, _table(rb.volume_shares, np.maximum(k_won - 1, 0)), 0.0)
+        win = vx[:, None] & (rank < k_won)
+        return win * (vol / np.maximum(k_won, 1))
+    n = k + 1
+    at = np.where(vx[:, None], rank, n_valid)  # the focal bid's place in the rank order
+    if rb.kind != "insulin":  # the row depends on the number of winners alone
+        return _ranked(rb, np.arange(n + 1), n, np.full((n + 1, n), 1.0 / n), None)[k_won, at]
+    c1 = np.maximum(np.minimum(n_a, k_won) - 1, 0)
+    c12 = np.maximum(np.minimum(np.maximum(n_a, n_b), k_won) - 1, 0)
+    codes, row = np.unique(((k_won * n + c1) * n + c12).ravel(), return_inverse=True)
+    kk, c1, c12 = codes // (n * n), (codes // n) % n, codes % n
+    pos = np.arange(n)
+    tier = np.where(pos <= c1[:, None], 1, np.where(pos <= c12[:, None], 2, 3))
+    tier[:, :1] = 0
+    table = _ranked(rb, kk, n, np.full((codes.size, n), 1.0 / n), tier)
+    return table[row.reshape(m, S), at]
 
 
 def _rank_order(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
