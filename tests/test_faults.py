@@ -71,15 +71,15 @@ def test_forced_solver_failure_names_round_molecule_and_status(monkeypatch):
     assert line.startswith("simulation failed: ")
 
 
-def test_forced_solver_failure_with_debug_shows_the_exception(monkeypatch):
+def test_forced_solver_failure_with_debug_shows_the_traceback(monkeypatch):
     def fail(problem, **kwargs):
         raise wdp.AllocationError(SOLVER_FAULT)
 
     monkeypatch.setattr("vbp.wdp.allocate", fail)
     result = invoke("--debug", "run", TINY, "-n", "1", "--workers", "1", "--quiet")
-    assert result.exit_code != 0
-    assert isinstance(result.exception, SimulationError), repr(result.exception)
-    assert "batch2/m01" in str(result.exception)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.stderr
+    assert "Traceback" in result.stderr and f"{SimulationError.__module__}.SimulationError" in result.stderr
+    assert "batch2/m01" in result.stderr
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

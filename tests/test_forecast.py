@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from vbp.cli import cli
 from vbp.errors import InputError
-from vbp.forecast import load_forecast
+from vbp.forecast import JSON_KEYS, load_forecast
 
 FORECASTS = Path(__file__).resolve().parent.parent / "experiments" / "forecasts"
 
@@ -29,6 +29,7 @@ def test_forecast_json_contract():
                                  "--json", "--set", "agents.strategy=cost_plus"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
+    assert list(doc) == list(JSON_KEYS)  # every key documented (docs/outputs.md), in order
     assert doc["round"] == "batch9" and doc["replications"] == 3 and doc["seed"] == 20181206
     for key in ("avg_cut", "winning_firms", "winning_products", "winner_share", "annual_savings_bn"):
         predictive = {"pi_low", "pi_high"} if key != "winning_products" else set()
@@ -98,6 +99,29 @@ def test_forecast_file_without_round_table(tmp_path):
         load_forecast(p)
     r = CliRunner().invoke(cli, ["forecast", str(p)])
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("old, new, field, needle", [
+    ("coverage = 1.0", "coverag = 1.0", "round.coverag", "did you mean 'coverage'"),
+    ('bid_date = "', 'bid_datee = "', "round.bid_datee", "did you mean 'bid_date'"),
+    ("molecules = 40 ", 'molecules = "forty" ', "round.molecules", "forty"),
+    ('rulebook = "batch4_9"', 'rulebook = "batch99"', "round.rulebook", "batch99"),
+])
+def test_forecast_file_mistakes_are_named_by_its_round_table(tmp_path, old, new, field, needle):
+    """The file's [round] table is what the user wrote, so its fields are named round.X."""
+    text = (FORECASTS / "batch8.toml").read_text(encoding="utf-8")
+    assert old in text
+    p = tmp_path / "f.toml"
+    p.write_text(text.replace(old, new, 1), encoding="utf-8")
+    r = CliRunner().invoke(cli, ["forecast", str(p), "-n", "1"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"{p}: {field}" in r.stderr and needle in r.stderr and "rounds." not in r.stderr, r.stderr
+
+
+def test_forecast_set_keeps_the_scenario_paths_it_was_given():
+    r = CliRunner().invoke(cli, ["forecast", str(FORECASTS / "batch8.toml"), "-n", "1",
+                                 "--set", "rounds.batch8.molecules=-3"])
+    assert r.exit_code == 2 and "rounds.batch8.molecules" in r.stderr and "-3" in r.stderr, r.stderr
 
 
 def _cuts_and_bids(overrides):

@@ -112,6 +112,45 @@ def test_parameter_paths_must_exist_in_the_scenario(tmp_path, params, field, mes
     assert err.value.field == field and message in str(err.value)
 
 
+@pytest.mark.parametrize("values,bad", [('["a", "b"]', "a"), ("[0.6, true]", "True"), ("[0.6, [0.7]]", "[0.7]")])
+def test_grid_values_must_have_the_parameter_type(tmp_path, values, bad):
+    """A value of the wrong type is the spec's mistake, reported before any task runs (a value of
+    the right type out of its range is a point that fails, stored as an error row)."""
+    text = (f'scenario = "{{tiny}}"\nreplications = 1\n[design]\nkind = "grid"\n[parameters]\n'
+            f'"rules.volume_share_4plus" = {values}\n"agents.strategy" = ["cost_plus"]\n')
+    path = _spec(tmp_path, text)
+    with pytest.raises(InputError) as err:
+        sw.plan_sweep(sw.load_spec(path))
+    assert (err.value.file, err.value.field) == (str(path), "parameters.rules.volume_share_4plus")
+    assert "expected number values" in str(err.value) and bad in str(err.value)
+    text = text.replace(values, "[0.6]").replace('["cost_plus"]', "[0.5]")
+    with pytest.raises(InputError, match="expected text values") as err:
+        sw.plan_sweep(sw.load_spec(_spec(tmp_path, text)))
+    assert err.value.field == "parameters.agents.strategy"
+
+
+def test_a_swept_parameter_cannot_also_be_fixed_or_set(tmp_path):
+    path = _spec(tmp_path, GRID + '[fixed]\n"agents.markup" = 0.9\n')
+    with pytest.raises(InputError, match="cannot also be held fixed") as err:
+        sw.load_spec(path)
+    assert (err.value.file, err.value.field) == (str(path), "fixed.agents.markup")
+    with pytest.raises(InputError, match="agents.markup is swept") as err:
+        sw.load_spec(_spec(tmp_path, GRID), ["agents.markup=0.9"])
+    assert err.value.field == "--set"
+    result = CliRunner().invoke(cli, ["sweep", str(_spec(tmp_path, GRID)), "--out", str(tmp_path / "o"),
+                                      "--set", "agents.markup=0.9"])
+    assert result.exit_code == 2 and "agents.markup" in result.stderr, result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unknown_scenario_is_named_with_the_spec_field(tmp_path):
+    path = _spec(tmp_path, GRID.replace('"{tiny}"', '"nosuch-scenario"'))
+    with pytest.raises(InputError) as err:
+        sw.plan_sweep(sw.load_spec(path))
+    assert (err.value.file, err.value.field) == (str(path), "scenario")
+    assert "'nosuch-scenario'" in str(err.value) and "national-history" in str(err.value)
+
+
 def test_a_range_needs_a_numeric_parameter(tmp_path):
     text = ('scenario = "{tiny}"\nreplications = 1\n[design]\nkind = "random"\nsamples = 2\n'
             '[parameters]\n"agents.strategy" = {low = 1, high = 2}\n')

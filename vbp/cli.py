@@ -1,7 +1,8 @@
 """Command line: a thin click layer over the library.
 
 Errors are translated in one place (`VbpGroup.invoke`): bad input prints one readable message and
-exits 2, runtime failures exit 1, and the traceback appears only with `--debug`.
+exits 2, runtime failures exit 1, and the traceback appears only with `--debug` (which keeps the
+exit codes).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -32,12 +34,12 @@ class VbpGroup(click.Group):
             return super().invoke(ctx)
         except InputError as exc:
             if debug:
-                raise
+                traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
         except SimulationError as exc:
             if debug:
-                raise
+                traceback.print_exc()
             click.echo(f"simulation failed: {exc}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
@@ -593,9 +595,10 @@ def check(scenario, overrides):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, default, description}.")
 def params(scenario, as_json):
     """List every parameter of SCENARIO that --set and sweeps can change."""
-    from vbp.scenario import describe
+    from vbp.scenario import describe, scenario_from_raw
 
-    raw, _ = load_raw(scenario)
+    raw, label = load_raw(scenario)
+    scenario_from_raw(raw, label)  # a scenario that would not run is reported, not listed
     rows = [{"path": p, "default": v, "description": describe(p)} for p, v in flatten(raw)]
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))

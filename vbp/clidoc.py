@@ -89,6 +89,12 @@ def render_outputs() -> str:
               "(`drug_avg_cut`, `joint_avg_cut`, `stent_avg_cut` as shares; `cumulative_savings_2021_bn` in "
               "CNY bn). `savings_path.csv`: `rep`, `month`, `savings_bn` (cumulative realised savings). "
               "`targets.csv`: published value, simulated mean, 95% interval, tolerance and `ok` per target.", ""]
+    from vbp.forecast import JSON_KEYS
+
+    lines += ["## `vbp forecast --json`", "", "One JSON document (also `summary.json` of `vbp forecast --out`).",
+              "", "| key | meaning |", "|---|---|"]
+    lines += [f"| `{k}` | {v} |" for k, v in JSON_KEYS.items()]
+    lines.append("")
     return "\n".join(lines)
 
 

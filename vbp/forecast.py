@@ -13,14 +13,44 @@ from pathlib import Path
 import numpy as np
 
 from vbp import data, metrics
-from vbp.errors import InputError
+from vbp.errors import InputError, did_you_mean
 from vbp.experiment import RunResult, run
 from vbp.predictive import predictive_interval
-from vbp.scenario import Scenario, apply_overrides, parse_override, read_toml_file, resolve_raw, scenario_from_raw
+from vbp.scenario import (
+    Round,
+    Scenario,
+    apply_overrides,
+    parse_override,
+    read_toml_file,
+    resolve_raw,
+    scenario_from_raw,
+)
 
-__all__ = ["load_forecast", "forecast_summary", "run_forecast", "calibrated_model_error", "STATS"]
+__all__ = ["load_forecast", "forecast_summary", "run_forecast", "calibrated_model_error", "STATS",
+           "JSON_KEYS"]
 
 STATS = ("avg_cut", "winning_firms", "winning_products", "winner_share", "annual_savings_bn")
+
+# The `vbp forecast --json` document, key by key (docs/outputs.md is rendered from it).
+JSON_KEYS = {
+    "round": "the round's id",
+    "avg_cut": "average cut over molecules (share): `mean`, `ci_low`, `ci_high` (95% over replications); "
+               "`pi_low`, `pi_high` (95% predictive, with the calibrated model error) for a drug round",
+    "winning_firms": "firms with at least one winning product: as `avg_cut`, the predictive interval "
+                     "from the winner share's model error",
+    "winning_products": "winning products: `mean`, `ci_low`, `ci_high`",
+    "winner_share": "share of bidding firms that win: as `avg_cut`",
+    "annual_savings_bn": "first-year savings at agreed volume, CNY bn: as `avg_cut`, the predictive interval "
+                         "moving with the cut",
+    "model_error_sd": "the calibrated out-of-sample sd of a drug round's average cut (null for devices or "
+                      "before a calibration)",
+    "winner_share_model_error_sd": "the same for the share of bidding firms that win",
+    "procured": "molecules procured (at least one winner): `mean`, `ci_low`, `ci_high`",
+    "molecules_listed": "molecules listed in the file (`[round] molecules`)",
+    "cut_base": "what the cut is measured against: `reference` (pre-VBP price) or `ceiling`",
+    "replications": "replications simulated",
+    "seed": "the seed",
+}
 
 
 def load_forecast(path: str | Path, overrides: tuple[str, ...] = ()) -> Scenario:
@@ -30,14 +60,16 @@ def load_forecast(path: str | Path, overrides: tuple[str, ...] = ()) -> Scenario
     allowed = {"round", "agents", "market", "dynamics", "rules", "optimizer", "rulebooks"}
     for key in doc:
         if key not in allowed:
-            from vbp.errors import did_you_mean
-
             raise InputError(f"unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(sorted(allowed))}",
                              file=file, field=key)
     rnd = doc.get("round")
     if not isinstance(rnd, dict):
         raise InputError("missing required table [round] describing the round's inputs", file=file,
                          field="round")
+    known = set(Round.model_fields) | {"from"}
+    for key in rnd:
+        if key not in known:
+            raise InputError(f"unknown key{did_you_mean(key, known)}", file=file, field=f"round.{key}")
     if "bid_date" not in rnd:
         raise InputError("missing required field", file=file, field="round.bid_date")
     bid = rnd["bid_date"]
@@ -53,9 +85,17 @@ def load_forecast(path: str | Path, overrides: tuple[str, ...] = ()) -> Scenario
     scen.update({"name": rnd.get("id", Path(file).stem), "start": dt.date(bid.year, 1, 1).isoformat(),
                  "end": dt.date(bid.year + 3, 12, 31).isoformat(), "rounds": [rnd],
                  "description": f"forecast of {rnd.get('name', rnd.get('id', file))}"})
-    raw = resolve_raw(scen, file)
-    raw = apply_overrides(raw, [parse_override(o) for o in overrides])
-    return scenario_from_raw(raw, file)
+    try:  # the file alone: its mistakes are named by the file's own [round] table
+        raw = resolve_raw(scen, file)
+        scenario = scenario_from_raw(raw, file)
+    except InputError as exc:
+        text = str(exc)
+        for inner in (f"rounds.{scen['name']}.", "rounds[0]."):
+            text = text.replace(inner, "round.")
+        raise InputError(text.replace("rounds[0]", "round")) from None
+    if not overrides:
+        return scenario
+    return scenario_from_raw(apply_overrides(raw, [parse_override(o) for o in overrides]), file)
 
 
 def calibrated_model_error(stat: str = "avg_cut") -> float | None:

@@ -87,9 +87,9 @@ def load_results(path: str | Path) -> Results:
     p = Path(path)
     hint = "write one with `vbp reproduce|run|forecast|sweep --out DIR`"
     if not p.exists():
-        raise InputError(f"no such results folder; {hint}", field="RESULTS", value=str(p))
+        raise InputError(f"no such results folder: {p}; {hint}", field="RESULTS", value=str(p))
     if not p.is_dir():
-        raise InputError(f"expected a results folder, got a file; {hint}", field="RESULTS", value=str(p))
+        raise InputError(f"expected a results folder, got a file: {p}; {hint}", field="RESULTS", value=str(p))
     try:
         manifest = json.loads((p / "manifest.json").read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -36,6 +36,14 @@ MAX_FILE_BYTES = 1_000_000
 MAX_DEPTH = 12
 
 
+class FieldProblem(ValueError):
+    """A check across fields that names the field at fault (`path`, dotted as in `--set`)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -78,7 +86,7 @@ class Round(_Frozen):
     @model_validator(mode="after")
     def _joint_groups(self):
         if self.category == "joint" and not self.groups:
-            raise ValueError(f"round {self.id!r}: a joint round needs its product categories in `groups`")
+            raise FieldProblem("groups", "a joint round needs its product categories in `groups`")
         return self
 
     @field_validator("provinces")
@@ -250,18 +258,21 @@ class Scenario(_Frozen):
     @model_validator(mode="after")
     def _consistent(self):
         if not self.rounds:
-            raise ValueError("no rounds to simulate")
+            raise FieldProblem("rounds", "no rounds to simulate")
         if self.end <= self.start:
-            raise ValueError(f"end {self.end} is not after start {self.start}")
+            raise FieldProblem("end", f"end {self.end} is not after start {self.start}")
         names = {rb.name for rb in self.rulebooks}
         ids = [r.id for r in self.rounds]
         for r in self.rounds:
             if r.rulebook not in names:
-                raise ValueError(f"round {r.id!r}: unknown rulebook {r.rulebook!r}{did_you_mean(r.rulebook, names)}")
+                raise FieldProblem(f"rounds.{r.id}.rulebook",
+                                   f"unknown rulebook {r.rulebook!r}{did_you_mean(r.rulebook, names)}")
             if not self.start <= r.bid_date <= self.end:
-                raise ValueError(f"round {r.id!r}: bid_date {r.bid_date} outside {self.start}..{self.end}")
+                raise FieldProblem(f"rounds.{r.id}.bid_date",
+                                   f"bid_date {r.bid_date} outside {self.start}..{self.end}")
             if r.ceiling_from is not None and r.ceiling_from not in ids[: ids.index(r.id)]:
-                raise ValueError(f"round {r.id!r}: ceiling_from {r.ceiling_from!r} is not an earlier round")
+                raise FieldProblem(f"rounds.{r.id}.ceiling_from",
+                                   f"ceiling_from {r.ceiling_from!r} is not an earlier round")
         dates = [r.bid_date for r in self.rounds]
         if dates != sorted(dates):
             raise ValueError("rounds are not in date order: " + ", ".join(f"{r.id} {r.bid_date}" for r in self.rounds))
@@ -523,12 +534,17 @@ def scenario_from_raw(raw: dict, file: str) -> Scenario:
                 loc[1] = keys[loc[1]] if loc[1] < len(keys) else loc[1]
             path = ".".join(str(p) for p in loc) or "(scenario)"
             msg = err["msg"].removeprefix("Value error, ")
+            cause = err.get("ctx", {}).get("error")
+            if isinstance(cause, FieldProblem):  # a check across fields that knows which one is wrong
+                path, msg = ".".join(p for p in (path if loc else "", cause.path) if p), str(cause)
             if err["type"] == "extra_forbidden":
                 msg = f"unknown key{did_you_mean(str(loc[-1]), _allowed_keys(loc))}"
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
             problems.append(f"{path}: {msg}{shown}")
-        raise InputError(f"{len(problems)} problem(s) in the scenario", file=file, problems=problems) from None
+        if len(problems) == 1:  # one problem, one line
+            raise InputError(problems[0], file=file) from None
+        raise InputError(f"{len(problems)} problems in the scenario", file=file, problems=problems) from None
 
 
 def _allowed_keys(loc: list) -> list[str]:
@@ -601,6 +617,7 @@ _RULEBOOK_HELP = {
     "tier_ratio": "tier A if price <= ratio x lowest (insulin)",
     "tier_b_cut": "tier B if price <= (1 - cut) x ceiling (insulin)",
     "tier_volumes": "agreed share of own demand by tier A1, A, B, C (insulin)",
+    "tier_pool_to_a": "demand the tiers leave unassigned goes to tier A1 and A winners (insulin)",
     "name": "rulebook name",
 }
 

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+import typing
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -233,7 +234,15 @@ def parse_spec(doc: dict, file: str, *, base_dir: str = ".", overrides: Sequence
         else:
             parameters.append((path, _range(value, file, fld)))
     fixed = dict(_leaves(_table(doc.get("fixed", {}), file, "fixed")))
-    fixed.update(parse_override(o) for o in overrides)
+    swept = {p for p, _ in parameters}
+    for path in swept & set(fixed):
+        raise InputError("a swept parameter cannot also be held fixed; remove it from one of the two",
+                         file=file, field=f"fixed.{path}", value=fixed[path])
+    for path, value in (parse_override(o) for o in overrides):
+        if path in swept:
+            raise InputError(f"{path} is swept by this spec, so it cannot be set", field="--set",
+                             value=f"{path}={value}")
+        fixed[path] = value
     spec = SweepSpec(file=file, scenario=scenario, replications=reps, seed=seed, kind=kind, samples=samples,
                      design_seed=design_seed, parameters=tuple(parameters), variants=variants,
                      fixed=tuple(fixed.items()), name=doc.get("name", ""),
@@ -297,6 +306,29 @@ _MODELS = {"agents": AgentParams, "market": MarketParams, "dynamics": DynamicsPa
            "rules": RuleOverrides, "optimizer": OptimizerParams, "rounds": Round}
 
 
+def _kind_of(value: Any) -> str:
+    """'number', 'true/false' or 'text' (or the type's name): what a grid value must match."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "text" if isinstance(value, str) else type(value).__name__
+
+
+def _field_kind(path: str, default: Any) -> str | None:
+    """What kind of value a scenario field takes (`_kind_of`), from its default or, when it is
+    unset, from its declared type; None when neither tells."""
+    if default is not None:
+        return _kind_of(default)
+    model = _MODELS.get(path.split(".")[0])
+    fld = model.model_fields.get(path.split(".")[-1]) if model else None
+    if fld is None:
+        return None
+    types = [t for t in (typing.get_args(fld.annotation) or (fld.annotation,)) if t is not type(None)]
+    kinds = {bool: "true/false", int: "number", float: "number", str: "text"}
+    return kinds.get(types[0]) if len(types) == 1 else None
+
+
 def _integer_path(path: str, default: Any) -> bool:
     """Whether a scenario field holds whole numbers (sampled values are then rounded)."""
     if default is not None:
@@ -323,7 +355,14 @@ def _unit_samples(spec: SweepSpec, problem: dict) -> np.ndarray:
 
 def plan_sweep(spec: SweepSpec) -> Plan:
     """Load the scenario, check the parameter paths against it, and build every design point."""
-    raw, label = load_raw(spec.scenario_ref())
+    from vbp.data import embedded_scenarios
+
+    ref = spec.scenario_ref()
+    if ref not in embedded_scenarios() and not Path(ref).is_file():
+        raise InputError(f"no embedded scenario or file named {spec.scenario!r} (looked for {ref}); "
+                         f"embedded: {', '.join(embedded_scenarios())}", file=spec.file, field="scenario",
+                         value=spec.scenario)
+    raw, label = load_raw(ref)
     defaults = dict(flatten(raw))
     for section, pairs in (("fixed", spec.fixed), ("parameters", spec.parameters)):
         for path, value in pairs:
@@ -336,6 +375,12 @@ def plan_sweep(spec: SweepSpec) -> Plan:
             if isinstance(value, Range) and d is not None and not numeric:
                 raise InputError(f"a range needs a numeric parameter; this one is {d!r} (use a grid)",
                                  file=spec.file, field=f"parameters.{path}")
+            want = _field_kind(path, d)
+            if section == "parameters" and isinstance(value, tuple) and want is not None:
+                for v in value:  # grid values of the field's type
+                    if _kind_of(v) != want:
+                        raise InputError(f"expected {want} values, got {v!r}", file=spec.file,
+                                         field=f"parameters.{path}", value=v)
     raw = apply_overrides(raw, list(spec.fixed), file=spec.file)
     base = scenario_from_raw(raw, label)
     problem = None
@@ -438,7 +483,7 @@ def _check_resume(out: Path, spec: SweepSpec, plan: Plan, resume: bool) -> None:
     manifest, store = out / "manifest.json", out / "store.sqlite"
     if not resume:
         if store.exists():
-            raise InputError("this folder holds a sweep already; add --resume to continue it, or choose "
+            raise InputError(f"{out} holds a sweep already; add --resume to continue it, or choose "
                              "another --out", field="--out", value=str(out))
         return
     try:
