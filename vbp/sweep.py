@@ -235,7 +235,7 @@ def parse_spec(doc: dict, file: str, *, base_dir: str = ".", overrides: Sequence
             parameters.append((path, _range(value, file, fld)))
     fixed = dict(_leaves(_table(doc.get("fixed", {}), file, "fixed")))
     swept = {p for p, _ in parameters}
-    for path in swept & set(fixed):
+    for path in sorted(swept & set(fixed)):
         raise InputError("a swept parameter cannot also be held fixed; remove it from one of the two",
                          file=file, field=f"fixed.{path}", value=fixed[path])
     for path, value in (parse_override(o) for o in overrides):
