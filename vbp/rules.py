@@ -444,9 +444,8 @@ def focal_fractions(rb: Rulebook, nodes: np.ndarray, rivals: np.ndarray, ceiling
     for bit, without sorting. The focal bid's award depends only on its rank among the valid bids
     (it is first in the row, so it wins price ties) and on the row's pattern: how many win, and
     for insulin how many winners fall in each tier. These follow from counts against the lowest
-    valid bid, the mean valid bid (anchor gate) and the ceiling. Single- and multi-winner awards
-    are then one expression; for the other kinds the rows of each pattern present are built in
-    rank order and given to the same `_ranked` as award_fractions. It is what the equilibrium
+    valid bid, the mean valid bid (anchor gate) and the ceiling. One row per pattern present is
+    built in rank order by the same `_ranked` as award_fractions. It is what the equilibrium
     solver evaluates, many thousand profiles per iteration.
     """
     x = np.asarray(nodes, dtype=float)
@@ -499,10 +498,6 @@ def focal_fractions(rb: Rulebook, nodes: np.ndarray, rivals: np.ndarray, ceiling
             n_a = count(test(rb.tier_ratio * lowest)) if rb.tier_ratio is not None else none
             n_b = count(test((1.0 - rb.tier_b_cut) * ceiling)) if rb.tier_b_cut is not None else none
     k_won = np.minimum(_cap(rb, n_valid), eligible)
-    if rb.kind in ("single_winner", "multi_winner"):
-        vol = np.where(k_won > 0, _table(rb.volume_shares, np.maximum(k_won - 1, 0)), 0.0)
-        win = vx[:, None] & (rank < k_won)
-        return win * (vol / np.maximum(k_won, 1))
     n = k + 1
     at = np.where(vx[:, None], rank, n_valid)  # the focal bid's place in the rank order
     if rb.kind != "insulin":  # the row depends on the number of winners alone

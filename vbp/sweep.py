@@ -315,27 +315,29 @@ def _kind_of(value: Any) -> str:
     return "text" if isinstance(value, str) else type(value).__name__
 
 
-def _field_kind(path: str, default: Any) -> str | None:
-    """What kind of value a scenario field takes (`_kind_of`), from its default or, when it is
-    unset, from its declared type; None when neither tells."""
-    if default is not None:
-        return _kind_of(default)
+def _declared_type(path: str) -> type | None:
+    """The one type (None aside) a scenario field's annotation allows, or None."""
     model = _MODELS.get(path.split(".")[0])
     fld = model.model_fields.get(path.split(".")[-1]) if model else None
     if fld is None:
         return None
     types = [t for t in (typing.get_args(fld.annotation) or (fld.annotation,)) if t is not type(None)]
-    kinds = {bool: "true/false", int: "number", float: "number", str: "text"}
-    return kinds.get(types[0]) if len(types) == 1 else None
+    return types[0] if len(types) == 1 else None
+
+
+def _field_kind(path: str, default: Any) -> str | None:
+    """What kind of value a scenario field takes (`_kind_of`), from its default or, when it is
+    unset, from its declared type; None when neither tells."""
+    if default is not None:
+        return _kind_of(default)
+    return {bool: "true/false", int: "number", float: "number", str: "text"}.get(_declared_type(path))
 
 
 def _integer_path(path: str, default: Any) -> bool:
     """Whether a scenario field holds whole numbers (sampled values are then rounded)."""
     if default is not None:
         return isinstance(default, int) and not isinstance(default, bool)
-    model = _MODELS.get(path.split(".")[0])
-    fld = model.model_fields.get(path.split(".")[-1]) if model else None
-    return fld is not None and "int" in str(fld.annotation)
+    return _declared_type(path) is int
 
 
 def _unit_samples(spec: SweepSpec, problem: dict) -> np.ndarray:
