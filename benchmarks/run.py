@@ -19,6 +19,10 @@ replications. Figures:
                    path (rules.focal_fractions) and by the stacked award_fractions call it
                    replaces: count, seconds, speedup, in all and by rule kind. Cold solves are
                    what a calibration spends most of its time on.
+  cold_pool        2 replications from an empty bid-function cache in a pool of 2 worker
+                   processes, with one BLAS thread per worker (what vbp's pools use,
+                   executors.single_threaded_blas) and with the BLAS default: seconds and ratio.
+                   Cold solves in parallel workers are how calibrations and sweeps run.
   peak_rss_mb      peak resident memory of this process
 """
 
@@ -31,11 +35,14 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from vbp import strategies
+from vbp.executors import single_threaded_blas
 from vbp.experiment import run
 from vbp.model import run_replication
 from vbp.scenario import load_scenario
@@ -135,6 +142,34 @@ def bid_functions() -> dict:
             "speedup": round(total_stacked / total_fast, 2), "by_kind": kinds}
 
 
+def _replication(task: tuple) -> int:
+    scenario, seed, rep = task
+    return len(run_replication(scenario, seed, rep).bids)
+
+
+def cold_pool(reps: int = 2) -> dict:
+    """Cold replications in a 2-worker pool: one BLAS thread per worker against the BLAS default."""
+    scenario = load_scenario(SCENARIO)
+    before = os.environ.get("VBP_CACHE_DIR")
+    out = {}
+    try:
+        for key, init in (("one_blas_thread_s", single_threaded_blas), ("blas_default_s", None)):
+            with tempfile.TemporaryDirectory() as cache:
+                os.environ["VBP_CACHE_DIR"] = cache  # every bid function is solved afresh
+                t0 = time.perf_counter()
+                with ProcessPoolExecutor(max_workers=2, initializer=init) as pool:
+                    list(pool.map(_replication, [(scenario, 1, r) for r in range(reps)]))
+                out[key] = round(time.perf_counter() - t0, 2)
+    finally:
+        if before is None:
+            os.environ.pop("VBP_CACHE_DIR", None)
+        else:
+            os.environ["VBP_CACHE_DIR"] = before
+    out["replications"] = reps
+    out["ratio"] = round(out["blas_default_s"] / out["one_blas_thread_s"], 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
@@ -166,6 +201,7 @@ def main() -> None:
         t = statistics.median(walls)
         res[key] = {"replication_s": round(t, 4), "ratio": round(t / res["replication_s"], 2)}
     res["bid_functions"] = bid_functions()
+    res["cold_pool"] = cold_pool()
     if args.planner:
         res["planner"] = measure(max(3, args.reps // 2), ("optimizer.mode=planner",))
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

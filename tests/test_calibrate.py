@@ -184,9 +184,47 @@ def test_held_out_predictions_are_simulated_at_the_refit(monkeypatch):
         j = names.index(f"{row['round']}.avg_cut")
         assert row["predicted"] == pytest.approx(_stand_in(base[names[j]], weights[j], u, 0.02), abs=1e-9)
         assert row["error"] == pytest.approx(row["predicted"] - row["published"])
-        assert row["refit"] == "design point" or row["refit"].startswith("refit step")
+        assert row["refit"].startswith(HELD_OUT_SOURCES)
         apart = max(apart, abs(row["surrogate"] - row["predicted"]))
-    assert apart > 1e-3  # the surrogate's reading would have differed
+    # the surface's reading would have differed by far more than the 1e-9 the prediction is held to
+    assert apart > 1e-6
+
+
+#: Where a held-out refit's point can come from: a global design point, its spline refinement, or
+#: its own trust region (a local design point or a quadratic's optimum).
+HELD_OUT_SOURCES = ("design point", "refit step", "local design point", "surrogate optimum")
+
+
+def test_each_held_out_refit_runs_its_own_trust_region_on_the_kept_moments(monkeypatch):
+    """Every held-out refit goes on from its spline refinement through a trust region of its own,
+    as the calibration does: it ends at least as well on its kept moments, mostly better, and at a
+    point of the trust region on a bent stand-in. Moving a round's published moments moves the
+    calibration, yet leaves the refit without that round exactly where it was: nothing it leaves
+    out places any of its points."""
+    fit = _fake_drug_fit(monkeypatch, curve=0.02)
+    rows = fit.loro + [r for r in fit.rolling if r["stat"] == "avg_cut"]
+    for row in rows:
+        assert row["objective"] <= row["objective_spline"] + 1e-12
+    assert sum(row["objective"] < row["objective_spline"] - 1e-6 for row in rows) >= len(rows) // 2
+    assert any(row["refit"].startswith(("local design point", "surrogate optimum")) for row in rows)
+    moved = _fake_drug_fit(monkeypatch, shift={"batch7": -0.08}, curve=0.02)
+    assert fit.params != moved.params
+    before, after = (next(row for row in f.loro if row["round"] == "batch7") for f in (fit, moved))
+    assert after["params"] == before["params"] and after["refit"] == before["refit"]
+    assert after["predicted"] == pytest.approx(before["predicted"], abs=1e-12)
+    batch3 = [next(row for row in f.loro if row["round"] == "batch3") for f in (fit, moved)]
+    assert batch3[0]["params"] != batch3[1]["params"]  # a refit that keeps batch 7 does move
+
+
+@pytest.mark.filterwarnings("ignore:The balance properties")
+def test_held_out_trust_regions_draw_the_calibrations_local_designs():
+    """A held-out refit's local designs come from the same Sobol points as the calibration's (past
+    the global design), so the two procedures differ only in the moments they keep."""
+    from scipy.stats import qmc
+
+    sob = qmc.Sobol(7, scramble=True, seed=11)
+    sob.random(48)
+    np.testing.assert_array_equal(cal._local_sobol(7, 11, 48).random(45), sob.random(45))
 
 
 def test_held_out_choice_takes_the_best_simulated_point_for_the_kept_moments():

@@ -93,8 +93,11 @@ def test_reproduce_json_contract():
         assert r["trained_on"] == order[:order.index(r["round"])]
         for prefix in ("", "winner_share_"):
             assert r[prefix + "error"] == pytest.approx(r[prefix + "predicted"] - r[prefix + "published"], abs=2e-4)
-    # every refit was simulated at its parameters, and the control refit (nothing left out) is reported
-    assert all(r["refit"] == "design point" or r["refit"].startswith("refit step") for r in doc["loro"])
+    # every refit was simulated at its parameters, and ran its own trust region from its spline
+    # refinement; the control refit (nothing left out) is reported
+    assert all(r["refit"].startswith(("design point", "refit step", "local design point", "surrogate optimum"))
+               for r in doc["loro"])
+    assert all(r["objective"] <= r["objective_spline"] for r in doc["loro"])
     assert set(doc["refit_control"]) >= {"params", "objective", "avg_cut_mae", "spline_cv_rmse_avg_cut"}
 
 

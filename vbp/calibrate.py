@@ -23,13 +23,14 @@ refit, `REFIT_STEPS` simulations). Around the control's point, simulate a local 
 moment by a quadratic in the (log) parameters, minimise on it and simulate its optimum; while that
 moves the best simulated point, repeat around the new best with half the radius (`LOCAL_ROUNDS`).
 The fit is the simulated point that fits best, whichever stage placed it; the last local
-quadratic's slopes give the standard errors. Leave-one-round-out and rolling origin: the
-control's procedure with one drug round's moments (or the later rounds') left out, on the global
-design and each refit's own simulated points; the left-out round is read from the refit's
-simulation. Those residuals, less each round's replication spread, give the model's structural
-error, which widens forecast intervals (`vbp.predictive`). Savings are never moments: the
-cumulative savings path stays an out-of-sample check. The joint round has few competition units,
-so its group simulates five times the replications (`Group.reps_scale`).
+quadratic's slopes give the standard errors. Leave-one-round-out and rolling origin: the whole
+procedure with one drug round's moments (or the later rounds') left out - the spline refinement
+on the global design and the refit's own simulated points, then a trust region of its own - and
+the left-out round read from the refit's simulation. Those residuals, less each round's
+replication spread, give the model's structural error, which widens forecast intervals
+(`vbp.predictive`). Savings are never moments: the cumulative savings path stays an
+out-of-sample check. The joint round has few competition units, so its group simulates five times
+the replications (`Group.reps_scale`).
 Evaluations are cached on disk, so an interrupted calibration resumes where it stopped.
 """
 
@@ -51,6 +52,7 @@ from scipy.stats import qmc
 
 from vbp import metrics
 from vbp.errors import SimulationError
+from vbp.executors import single_threaded_blas
 from vbp.model import run_replication
 from vbp.records import to_frames
 from vbp.scenario import Scenario, apply_overrides, load_raw, scenario_from_raw
@@ -129,8 +131,9 @@ ROLLING_MIN_ROUNDS = 3
 #: surface and the refit is repeated.
 REFIT_STEPS = 4
 
-#: Local designs at most: the first around the control's point, each later one around the best
-#: simulated point so far, with half the radius, while that point keeps moving.
+#: Local designs at most: the first around the control's point (a held-out refit's: its spline
+#: refinement's), each later one around the best simulated point so far, with half the radius,
+#: while that point keeps moving.
 LOCAL_ROUNDS = 3
 
 #: Smoothing of the refits' thin-plate spline: the design's moments are 4-replication means, so the
@@ -344,46 +347,17 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
     # stage 2: the fit with every moment kept (the control), refined on a spline through the global
     # design and its own simulated points; for the drug rounds, the held-out refits alongside it
     loro, loro_share, rolling, control, (own_u, own_y) = _refits(
-        group, moments, u1, y1, scen, held_out=group.name == "drug", reps=reps, seed=seed, workers=workers,
-        progress=progress)
+        group, moments, u1, y1, simulate, held_out=group.name == "drug", seed=seed)
     u_c = _to_unit(np.array([control["params"][p.path] for p in group.params], dtype=float), group.params)
-    # stage 3: local designs, where a quadratic is accurate (its slopes give the standard errors);
-    # more points than it has coefficients, or its R² means nothing. The first is placed around
-    # the control's point; while a round moves the best simulated point, the next is placed
-    # around that point with half the radius (a trust region), up to LOCAL_ROUNDS.
-    n_local = max(8, group.design // 2, _features(u1[:1]).shape[1] + 8)
-
+    # stage 3: local designs around the control's point (a trust region, `_trust_region`)
+    n_local = _local_size(group)
     cand_u, cand_y = np.vstack([own_u, u1]), np.vstack([own_y, y1])
     sources = [f"control refit step {k + 1}" for k in range(len(own_u))] + ["global design point"] * len(u1)
-    local_u, local_y = [], []
-    centre, half = u_c, 0.2
-    for rnd in range(1, LOCAL_ROUNDS + 1):
-        tag = "" if rnd == 1 else f" (round {rnd})"
-        lo, hi = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
-        local = np.vstack([lo + sob.random(n_local) * (hi - lo), centre])
-        y2 = simulate(local, "local" if rnd == 1 else f"local round {rnd}")
-        ok = np.all(np.isfinite(y2), axis=1)
-        coef, *_ = np.linalg.lstsq(_features(local[ok]), y2[ok], rcond=None)
-        resid = y2[ok] - _features(local[ok]) @ coef
-        r2 = {n: float(1 - resid[:, j].var() / max(y2[ok][:, j].var(), 1e-12)) for j, n in enumerate(names)}
-        surrogate = _objective(coef, pub, w, keep_all, group.params)
-        order = np.argsort([surrogate(row) for row in local[ok]])
-        u_q = _minimise(surrogate, dim, np.vstack([local[ok][order[:4]], centre]))
-        u_q = _to_unit(_rounded(_from_unit(u_q, group.params), group.params), group.params)  # as simulated
-        y_q = simulate(u_q[None], "optimum" if rnd == 1 else f"optimum round {rnd}")[0]
-        local_u.append(local)
-        local_y.append(y2)
-        cand_u = np.vstack([u_q[None], cand_u, local])
-        cand_y = np.vstack([y_q[None], cand_y, y2])
-        sources = [f"surrogate optimum{tag}"] + sources + [f"local design point{tag}"] * len(local)
-        # The fit is the simulated point (all with the same seeds) that fits best: a quadratic's
-        # optimum, one of the control's refinements, or a design point. A surface can mislead where
-        # a moment bends, so none is taken on its word.
-        obj = np.array([_distance(p, row, pub, w, keep_all, group.params) for p, row in zip(cand_u, cand_y)])
-        best = int(np.argmin(np.where(np.isfinite(obj), obj, np.inf)))
-        if np.array_equal(cand_u[best], centre):
-            break
-        centre, half = cand_u[best], half / 2
+    tr = _trust_region(group.params, pub, w, keep_all, u_c, cand_u, cand_y, sources, None, sob, n_local,
+                       simulate, "")
+    local_u, local_y, coef, surrogate = tr.designs_u, tr.designs_y, tr.coef, tr.surrogate
+    r2 = {n: float(v) for n, v in zip(names, tr.r2)}
+    cand_u, cand_y, sources, obj, best = tr.cand_u, tr.cand_y, tr.sources, tr.obj, tr.best
     u = np.vstack([u1, *local_u])
     y = np.vstack([y1, *local_y])
     if not np.isfinite(obj[best]):
@@ -396,6 +370,86 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
                     loro_share, rolling, control if group.name == "drug" else None,
                     _uncertainty(coef, _to_unit(theta.astype(float), group.params), moments, group.params),
                     sources[best])
+
+
+def _local_size(group: Group) -> int:
+    """Points of a local design: more than the quadratic has coefficients, or its R² means nothing."""
+    return max(8, group.design // 2, _features(np.zeros((1, len(group.params)))).shape[1] + 8)
+
+
+def _local_sobol(dim: int, seed: int, design: int) -> qmc.Sobol:
+    """The Sobol sequence the calibration's local designs are drawn from: the global design's,
+    past its first `design` points. Every held-out refit's trust region draws the same designs
+    (scaled to its own centre) as the calibration's."""
+    sob = qmc.Sobol(dim, scramble=True, seed=seed)
+    sob.fast_forward(design)
+    return sob
+
+
+@dataclass
+class _Local:
+    """What a trust region leaves: every simulated candidate (point, moments, which step placed it
+    and the reading of the surface that placed it), the objectives over the kept moments and the
+    best, and the local designs with the last one's quadratic (coefficients, R² per moment and the
+    surrogate objective)."""
+    cand_u: np.ndarray
+    cand_y: np.ndarray
+    sources: list[str]
+    readings: list[np.ndarray] | None
+    obj: np.ndarray
+    best: int
+    designs_u: list[np.ndarray]
+    designs_y: list[np.ndarray]
+    coef: np.ndarray
+    r2: np.ndarray  # per moment
+    surrogate: Callable
+
+
+def _trust_region(params: tuple[Param, ...], pub: np.ndarray, w: np.ndarray, keep: np.ndarray,
+                  centre: np.ndarray, cand_u: np.ndarray, cand_y: np.ndarray, sources: list[str],
+                  readings: list[np.ndarray] | None, sob: qmc.Sobol, n_local: int, simulate: Callable,
+                  label: str) -> _Local:
+    """Local designs, where a quadratic is accurate: the first around `centre`; while a round moves
+    the best simulated point (for the `keep` moments), the next around that point with half the
+    radius, up to LOCAL_ROUNDS. Each round fits a quadratic per moment, minimises the kept
+    objective on it and simulates the optimum.
+
+    `cand_*`, `sources` (and `readings`, when tracked): the points already simulated, which the
+    best is chosen among too. The calibration runs it with every moment kept; each held-out refit
+    with its kept moments, so no left-out moment places a point."""
+    dim = len(params)
+    designs_u, designs_y = [], []
+    half = 0.2
+    for rnd in range(1, LOCAL_ROUNDS + 1):
+        tag = "" if rnd == 1 else f" (round {rnd})"
+        lo, hi = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+        local = np.vstack([lo + sob.random(n_local) * (hi - lo), centre])
+        y2 = simulate(local, label + ("local" if rnd == 1 else f"local round {rnd}"))
+        ok = np.all(np.isfinite(y2), axis=1)
+        coef, *_ = np.linalg.lstsq(_features(local[ok]), y2[ok], rcond=None)
+        resid = y2[ok] - _features(local[ok]) @ coef
+        r2 = 1 - resid.var(axis=0) / np.maximum(y2[ok].var(axis=0), 1e-12)
+        surrogate = _objective(coef, pub, w, keep, params)
+        order = np.argsort([surrogate(row) for row in local[ok]])
+        u_q = _minimise(surrogate, dim, np.vstack([local[ok][order[:4]], centre]))
+        u_q = _to_unit(_rounded(_from_unit(u_q, params), params), params)  # as simulated
+        y_q = simulate(u_q[None], label + ("optimum" if rnd == 1 else f"optimum round {rnd}"))[0]
+        designs_u.append(local)
+        designs_y.append(y2)
+        cand_u = np.vstack([u_q[None], cand_u, local])
+        cand_y = np.vstack([y_q[None], cand_y, y2])
+        sources = [f"surrogate optimum{tag}"] + sources + [f"local design point{tag}"] * len(local)
+        if readings is not None:
+            readings = [(_features(u_q) @ coef)[0]] + readings + list(_features(local) @ coef)
+        # The best is the simulated point (all with the same seeds) that fits best: a quadratic's
+        # optimum, one of the refinements, or a design point. A surface can mislead where a moment
+        # bends, so none is taken on its word.
+        obj = np.array([_distance(p, row, pub, w, keep, params) for p, row in zip(cand_u, cand_y)])
+        best = int(np.argmin(np.where(np.isfinite(obj), obj, np.inf)))
+        if np.array_equal(cand_u[best], centre):
+            break
+        centre, half = cand_u[best], half / 2
+    return _Local(cand_u, cand_y, sources, readings, obj, best, designs_u, designs_y, coef, r2, surrogate)
 
 
 def _uncertainty(coef: np.ndarray, u_hat: np.ndarray, moments: list[Moment], params: tuple[Param, ...]) -> dict:
@@ -436,16 +490,22 @@ def _uncertainty(coef: np.ndarray, u_hat: np.ndarray, moments: list[Moment], par
                     "the 95% limits are clipped to the box searched"}
 
 
-def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, scen: Callable,
-            *, held_out: bool, reps: int, seed: int, workers: int, progress=None):
+def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, simulate: Callable,
+            *, held_out: bool, seed: int):
     """The control refit (nothing left out) and, if `held_out`, the leave-one-round-out and
     rolling-origin refits of the group's rounds, each simulated. `u`, `y`: the global Sobol design
-    and its simulated moments.
+    and its simulated moments; `simulate(points, label)`: the moments simulated at unit points.
+
+    Each held-out refit follows the calibration's whole procedure with its moments kept: the spline
+    refinement below, then its own trust region (`_trust_region`) around the point that gives. The
+    control is the spline refinement with every moment kept; the calibration's trust region starts
+    from it.
 
     Returns (loro, loro_share, rolling, control, (own_u, own_y)): rows of published, predicted
-    (simulated at the refit), error, the surface's reading and the refit's parameters; control =
-    what the refit procedure gives with every moment kept (its point, objective and average-cut
-    MAE), the calibration's starting point; own_u, own_y = the control's simulated points.
+    (simulated at the refit), error, the reading of the surface that placed the point and the
+    refit's parameters; control = what the spline refinement gives with every moment kept (its
+    point, objective and average-cut MAE), the calibration's starting point; own_u, own_y = the
+    control's simulated points.
     """
     names = [m.name for m in moments]
     pub = np.array([m.published for m in moments])
@@ -496,22 +556,37 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, s
             x = _to_unit(_rounded(_from_unit(x, group.params), group.params), group.params)  # as simulated
             points.append(x)
             pending[i] = surf(x[None])[0]
-        label = f"{group.name} refits, step {step + 1} of {REFIT_STEPS}"
-        sims = _run_tasks([(scen(_from_unit(x, group.params)), moments, reps, seed) for x in points], workers,
-                          lambda i, n, label=label: progress and progress(label, i, n))
-        for i, x, sim in zip(todo, points, sims):
-            row = np.array([sim[n] for n in names])
+        sims = simulate(np.array(points), f"refits, step {step + 1} of {REFIT_STEPS}")
+        for i, x, row in zip(todo, points, sims):
             if np.all(np.isfinite(row)):  # a point where a moment is undefined cannot join a surface
                 own_u[i], own_y[i] = np.vstack([own_u[i], x]), np.vstack([own_y[i], row])
                 readings[i].append(pending[i])
                 steps[i].append(step + 1)
-    # The refit is the best of its simulated points for the kept moments. As in the fit, a global
-    # design point that fits them better wins.
+    # The refinement's result is the best of its simulated points for the kept moments, or a global
+    # design point that fits them better. Around it, each held-out refit then runs its own trust
+    # region, as the calibration does around the control; the refit is the best simulated point.
+    n_local = _local_size(group)
+    chosen = {}
+    for i in todo:
+        kind, r, earlier, keep = fits[i]
+        u_c, y_c, k = _held_out_choice(own_u[i], own_y[i], design_u, design_y, pub, w, keep, group.params)
+        source = "design point" if k is None else f"refit step {steps[i][k]}"
+        spline_obj = _distance(u_c, y_c, pub, w, keep, group.params)
+        if kind == "control":
+            chosen[i] = (u_c, y_c, source, None if k is None else readings[i][k], spline_obj)
+            continue
+        what = f"refit without {r}" if kind == "loro" else f"refit on the rounds before {r}"
+        tr = _trust_region(group.params, pub, w, keep, u_c, np.vstack([own_u[i], design_u]),
+                           np.vstack([own_y[i], design_y]),
+                           [f"refit step {s}" for s in steps[i]] + ["design point"] * len(design_u),
+                           readings[i] + list(surface(design_u)), _local_sobol(dim, seed, group.design),
+                           n_local, simulate, f"{what}, ")
+        chosen[i] = (tr.cand_u[tr.best], tr.cand_y[tr.best], tr.sources[tr.best], tr.readings[tr.best],
+                     spline_obj)
     loro, loro_share, rolling, control, control_points = [], [], [], None, None
     for i, (kind, r, earlier, keep) in enumerate(fits):
         j0 = same[i]
-        u_c, y_c, k = _held_out_choice(own_u[j0], own_y[j0], design_u, design_y, pub, w, keep, group.params)
-        source = "design point" if k is None else f"refit step {steps[j0][k]}"
+        u_c, y_c, source, reading, spline_obj = chosen[j0]
         if kind == "control":
             control = {"params": _named(u_c, group.params), "refit": source,
                        "objective": _distance(u_c, y_c, pub, w, keep, group.params),
@@ -527,8 +602,11 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, s
             j = names.index(name)
             row = {"round": r, "published": float(pub[j]), "predicted": float(y_c[j]),
                    "error": float(y_c[j] - pub[j]),
-                   "surrogate": float(readings[j0][k][j] if k is not None else surface(u_c[None])[0, j]),
-                   "refit": source}
+                   "surrogate": float(reading[j] if reading is not None else surface(u_c[None])[0, j]),
+                   "refit": source,
+                   # the kept moments' objective where the refit ends, and where its spline
+                   # refinement ended (before its trust region)
+                   "objective": _distance(u_c, y_c, pub, w, keep, group.params), "objective_spline": spline_obj}
             if kind == "rolling":
                 row |= {"stat": stat, "trained_on": earlier}
             if stat == "avg_cut":
@@ -583,7 +661,7 @@ def _run_tasks(tasks: list, workers: int, progress) -> list[dict]:
         return out
     out = [None] * len(tasks)
     try:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=single_threaded_blas) as pool:
             futures = {pool.submit(_evaluate, t): i for i, t in enumerate(tasks)}
             for done, fut in enumerate(as_completed(futures), start=1):
                 out[futures[fut]] = fut.result()
@@ -618,7 +696,8 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
                  "method": "simulated method of moments with common random numbers: Sobol design, fit refined "
                            "on a thin-plate spline through it and its own simulated points, local design and "
                            "quadratic around that, the best simulated point kept; held-out refits by the same "
-                           "spline refinement on the global design",
+                           "procedure on their kept moments (spline refinement on the global design, then a "
+                           "trust region of their own)",
                  "note": "savings are not moments; the cumulative savings path is validated out of sample"},
         "parameters": params,
         "fit": {},

@@ -355,10 +355,11 @@ def _print_tables(result, rows, per_round, checks: dict) -> None:
                   f"{sum(share_cov)} of {len(share_cov)}" if share_cov else "")
         console.print(o)
         if (c := checks["refit_control"]) is not None:
-            console.print(f"each refit is simulated at its parameters; the same refit with no round left out "
-                          f"misses the drug cuts by {100 * c['avg_cut_mae']:.1f} pts on average "
+            console.print(f"each refit follows the calibration without its round (a spline refinement, then a "
+                          f"trust region of its own) and is simulated at its parameters; the refinement with no "
+                          f"round left out misses the drug cuts by {100 * c['avg_cut_mae']:.1f} pts on average "
                           f"(simulated objective {c['objective']:.1f}"
-                          + (f"; the calibration's {c['calibration_objective']:.1f})"
+                          + (f"; after the calibration's trust region {c['calibration_objective']:.1f})"
                              if c.get("calibration_objective") is not None else ")"))
     rolling = checks["rolling"]
     if rolling and result.scenario.name == HEADLINE:

@@ -25,10 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from vbp.errors import InputError
 from vbp.experiment import default_workers
 
-__all__ = ["InProcessExecutor", "Backend", "open_executor", "run_tasks"]
+__all__ = ["InProcessExecutor", "Backend", "open_executor", "run_tasks", "single_threaded_blas"]
 
 MAX_ATTEMPTS = 3  # a task whose worker process died is retried on a fresh pool up to this often
 
@@ -76,9 +78,19 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
         proc.kill()
 
 
+def single_threaded_blas() -> None:
+    """One BLAS thread in this process. A worker of a pool already runs beside the others on its
+    own core; BLAS threads of its own (the solver's covariances) would only contend with them, and
+    spin: on 2 cores, 2 workers of 2 BLAS threads each solved bid functions several times slower.
+    Results do not change (the BLAS splits a product's rows between threads, not its sums)."""
+    threadpool_limits(1, user_api="blas")
+
+
 def _worker_init(parent: int) -> None:
-    """Pool workers leave Ctrl-C to the parent, and exit when the parent is gone (killed)."""
+    """Pool workers leave Ctrl-C to the parent, exit when the parent is gone (killed), and use
+    one BLAS thread each."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    single_threaded_blas()
 
     def watch() -> None:
         while os.getppid() == parent:
