@@ -20,6 +20,7 @@ from vbp.wdp import (
     AllocationProblem,
     PlannerProblem,
     allocate,
+    backup_coverable,
     build_allocation_model,
     plan,
     solve_allocation_milp,
@@ -330,11 +331,13 @@ def test_planner_equals_brute_force_and_beats_rules(problem, data):
     assert not np.any(won & ~problem.eligible)
     assert problem.min_suppliers <= won.sum() <= problem.max_winners
     _assert_valid(problem.as_allocation(won), alloc)
-    # any rules-mode winner set the planner could also have chosen costs at least as much
+    # any rules-mode winner set the planner could also have chosen costs at least as much (with
+    # `backup`, only a set that keeps demand covered when any one winner fails is one it could choose)
     n = problem.bid.shape[0]
     chosen = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
     if (chosen.any() and not np.any(chosen & ~problem.eligible)
-            and problem.min_suppliers <= chosen.sum() <= problem.max_winners):
+            and problem.min_suppliers <= chosen.sum() <= problem.max_winners
+            and (not problem.backup or backup_coverable(problem.capacity[chosen], problem.demand.sum()))):
         try:
             rules = allocate(problem.as_allocation(chosen))
         except AllocationError:
@@ -342,10 +345,22 @@ def test_planner_equals_brute_force_and_beats_rules(problem, data):
         assert alloc.objective <= rules.objective + MIP_REL_GAP * max(1.0, rules.objective)
 
 
+def test_a_backup_costs_the_planner_more_than_a_lone_winner():
+    """With N-1 backup the planner cannot keep the cheapest bidder alone: it pays 2.5 where a lone
+    winner would cost 2.0 (found by the planner property test, whose comparison with rules-mode
+    winner sets now skips sets without a backup)."""
+    problem = PlannerProblem(bid=np.array([1.0, 1.0, 1.5]), eligible=np.array([False, True, True]),
+                             demand=np.array([1.0, 1.0]), capacity=np.full(3, INF), logistics=None,
+                             max_winners=2, min_suppliers=0, max_share=1.0, label="backup", backup=True)
+    won, alloc = plan(problem)
+    assert won.tolist() == [False, True, True] and alloc.objective == pytest.approx(2.5)
+    lone = np.array([False, True, False])
+    assert not backup_coverable(problem.capacity[lone], problem.demand.sum())
+    assert allocate(problem.as_allocation(lone)).objective == pytest.approx(2.0)
+
+
 def test_zero_demand_is_backup_coverable_by_one_winner():
     """N-1 with nothing to cover holds for a lone winner (found by the planner property test)."""
-    from vbp.wdp import backup_coverable
-
     assert backup_coverable(np.array([np.inf]), 0.0)
     assert not backup_coverable(np.array([]), 0.0)
     assert not backup_coverable(np.array([5.0]), 1.0)
