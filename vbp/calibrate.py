@@ -566,30 +566,31 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, s
     # design point that fits them better. Around it, each held-out refit then runs its own trust
     # region, as the calibration does around the control; the refit is the best simulated point.
     n_local = _local_size(group)
-    chosen = {}
+    design_readings = list(surface(design_u))
+    chosen = {}  # refit -> (point, moments, source, surface reading, objective after spline, objective)
     for i in todo:
         kind, r, earlier, keep = fits[i]
         u_c, y_c, k = _held_out_choice(own_u[i], own_y[i], design_u, design_y, pub, w, keep, group.params)
         source = "design point" if k is None else f"refit step {steps[i][k]}"
         spline_obj = _distance(u_c, y_c, pub, w, keep, group.params)
         if kind == "control":
-            chosen[i] = (u_c, y_c, source, None if k is None else readings[i][k], spline_obj)
+            chosen[i] = (u_c, y_c, source, None, spline_obj, spline_obj)
             continue
         what = f"refit without {r}" if kind == "loro" else f"refit on the rounds before {r}"
         tr = _trust_region(group.params, pub, w, keep, u_c, np.vstack([own_u[i], design_u]),
                            np.vstack([own_y[i], design_y]),
                            [f"refit step {s}" for s in steps[i]] + ["design point"] * len(design_u),
-                           readings[i] + list(surface(design_u)), _local_sobol(dim, seed, group.design),
+                           readings[i] + design_readings, _local_sobol(dim, seed, group.design),
                            n_local, simulate, f"{what}, ")
         chosen[i] = (tr.cand_u[tr.best], tr.cand_y[tr.best], tr.sources[tr.best], tr.readings[tr.best],
-                     spline_obj)
+                     spline_obj, float(tr.obj[tr.best]))
     loro, loro_share, rolling, control, control_points = [], [], [], None, None
-    for i, (kind, r, earlier, keep) in enumerate(fits):
+    for i, (kind, r, earlier, _) in enumerate(fits):
         j0 = same[i]
-        u_c, y_c, source, reading, spline_obj = chosen[j0]
+        u_c, y_c, source, reading, spline_obj, objective = chosen[j0]
         if kind == "control":
             control = {"params": _named(u_c, group.params), "refit": source,
-                       "objective": _distance(u_c, y_c, pub, w, keep, group.params),
+                       "objective": objective,
                        "avg_cut_mae": float(np.mean(np.abs(y_c[cuts] - pub[cuts]))),
                        # how well each surface predicts a design point it was not fitted to
                        "spline_cv_rmse_avg_cut": _cv_rmse(design_u, design_y[:, cuts], _spline),
@@ -602,11 +603,11 @@ def _refits(group: Group, moments: list[Moment], u: np.ndarray, y: np.ndarray, s
             j = names.index(name)
             row = {"round": r, "published": float(pub[j]), "predicted": float(y_c[j]),
                    "error": float(y_c[j] - pub[j]),
-                   "surrogate": float(reading[j] if reading is not None else surface(u_c[None])[0, j]),
+                   "surrogate": float(reading[j]),
                    "refit": source,
                    # the kept moments' objective where the refit ends, and where its spline
                    # refinement ended (before its trust region)
-                   "objective": _distance(u_c, y_c, pub, w, keep, group.params), "objective_spline": spline_obj}
+                   "objective": objective, "objective_spline": spline_obj}
             if kind == "rolling":
                 row |= {"stat": stat, "trained_on": earlier}
             if stat == "avg_cut":

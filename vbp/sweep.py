@@ -235,9 +235,9 @@ def parse_spec(doc: dict, file: str, *, base_dir: str = ".", overrides: Sequence
             parameters.append((path, _range(value, file, fld)))
     fixed = dict(_leaves(_table(doc.get("fixed", {}), file, "fixed")))
     swept = {p for p, _ in parameters}
-    for path in sorted(swept & set(fixed)):
+    if both := sorted(swept & set(fixed)):
         raise InputError("a swept parameter cannot also be held fixed; remove it from one of the two",
-                         file=file, field=f"fixed.{path}", value=fixed[path])
+                         file=file, field=f"fixed.{both[0]}", value=fixed[both[0]])
     for path, value in (parse_override(o) for o in overrides):
         if path in swept:
             raise InputError(f"{path} is swept by this spec, so it cannot be set", field="--set",
