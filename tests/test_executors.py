@@ -1,7 +1,11 @@
-"""Pool workers: one BLAS thread each, the parent left as it was."""
+"""Pool workers: one BLAS thread each, the parent left as it was; an abandoned pool stops at once."""
 
 from __future__ import annotations
 
+import os
+import time
+
+import pytest
 from threadpoolctl import threadpool_info
 
 from vbp import calibrate as cal
@@ -25,3 +29,27 @@ def test_calibration_workers_run_one_blas_thread(monkeypatch):
     monkeypatch.setattr(cal, "_evaluate", _blas_threads)
     out = cal._run_tasks([None, None, None], 2, None)
     assert all(threads and set(threads) == {1} for threads in out)
+
+
+def _pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_an_abandoned_pool_kills_its_workers_and_its_manager_thread_ends():
+    # Ctrl-C or a failing task abandons the pool: work in flight must not run on in the background
+    with pytest.raises(KeyboardInterrupt), open_executor(2) as backend:
+        pool = backend.executor
+        pids = {pool.submit(_pid_after, 0.0).result() for _ in range(4)}
+        assert pids
+        workers = list(pool._processes.values())
+        manager = pool._executor_manager_thread
+        for _ in range(2):
+            pool.submit(_pid_after, 60.0)
+        raise KeyboardInterrupt
+    # stop() returned only once the workers were gone and the manager thread had finished, so an
+    # exiting interpreter has no half-closed pool to wake
+    assert not manager.is_alive()
+    for proc in workers:
+        proc.join(5.0)
+        assert not proc.is_alive()

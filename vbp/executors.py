@@ -60,22 +60,27 @@ class Backend:
     def stop(self, *, abandon: bool) -> None:
         """Shut the executor down; with `abandon`, cancel queued tasks and stop running ones."""
         ex = self.executor
-        if isinstance(ex, ProcessPoolExecutor):
-            ex.shutdown(wait=not abandon, cancel_futures=abandon)
-            if abandon:
-                _kill_workers(ex)
+        if isinstance(ex, ProcessPoolExecutor) and abandon:
+            _abandon_pool(ex)
         else:
             ex.shutdown(wait=not abandon)
 
 
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool's worker processes now (their in-flight tasks are lost by design)."""
-    kill = getattr(pool, "kill_workers", None)  # Python >= 3.14
-    if kill is not None:
-        kill()
-        return
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        proc.kill()
+def _abandon_pool(pool: ProcessPoolExecutor, timeout: float = 10.0) -> None:
+    """Cancel a pool's queued tasks, stop its workers now (their in-flight tasks are lost by
+    design) and wait, briefly, for its manager thread to finish.
+
+    The workers and the thread are read before `shutdown`, which forgets both. Waiting for the
+    thread matters at interpreter exit: a manager thread still tidying up a broken pool closes
+    the pipe that exit wakes it through, and the wake-up then prints a traceback."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in workers:
+        if proc.is_alive():
+            proc.kill()
+    if manager is not None and manager is not threading.current_thread():
+        manager.join(timeout)
 
 
 def single_threaded_blas() -> None:
