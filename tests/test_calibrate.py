@@ -4,9 +4,11 @@ and a small calibration of the stent cost recovers a cost that reproduces the st
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 
 import numpy as np
 import pytest
+import tomli_w
 
 from vbp import calibrate as cal
 from vbp.scenario import load_raw
@@ -86,7 +88,9 @@ def test_stent_calibration_reproduces_the_stent_cut():
     assert 0.005 <= median <= 0.2
     assert abs(fit.confirmed["stents.avg_cut"] - 0.93) < 0.03
     doc = cal.to_toml([fit], command="test", seed=3, reps=1)
-    assert doc["parameters"]["agents.cost_median_stent"] == pytest.approx(median, abs=1e-6)
+    # written in full: the file's values are the point whose moments it records
+    assert doc["parameters"]["agents.cost_median_stent"] == median
+    assert tomllib.loads(tomli_w.dumps(doc))["parameters"] == doc["parameters"] == fit.params
     assert doc["fit"]["stent"]["moments"][0]["name"] == "stents.avg_cut"
 
 
@@ -149,6 +153,7 @@ def test_rolling_origin_forecasts_fit_on_earlier_rounds_only(monkeypatch):
     assert len(refits) == 7 + 4
     for row in refits:
         assert set(row["params"]) == set(paths)
+        assert row["params"] in [r.get("params") for r in fit.loro + fit.rolling]  # in full
         assert all(paths[k].low - 1e-3 <= v <= paths[k].high + 1e-3 for k, v in row["params"].items())
     # the control refit keeps every moment, and is written with its simulated cuts' error
     assert fit.refit_control is not None and set(fit.refit_control["params"]) == set(paths)

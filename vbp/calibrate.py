@@ -687,10 +687,15 @@ def calibrate(*, reps: int = 4, seed: int = 20181206, workers: int = 2, groups: 
 
 
 def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict:
-    """The calibration file's content: parameters, provenance, per-moment fit, LORO."""
+    """The calibration file's content: parameters, provenance, per-moment fit, LORO.
+
+    Parameter values are written in full (TOML floats round-trip exactly): the recorded fit, the
+    refits' predictions and `vbp reproduce` then all simulate the same point. A moment of a few
+    replications can jump when a parameter's seventh digit moves (a molecule's award flips), so
+    values rounded for display would not give the fit recorded beside them."""
     params = {}
     for f in fits:
-        params.update({k: round(v, 6) for k, v in f.params.items()})
+        params.update(f.params)
     doc = {
         "meta": {"date": dt.date.today().isoformat(), "command": command, "seed": seed,
                  "replications_per_point": reps,
@@ -741,9 +746,10 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
 
 
 def _rounded_row(row: dict) -> dict:
-    """A refit's row as written: floats, and its parameter values, to 4 decimals."""
-    return {k: ({n: round(x, 4) for n, x in v.items()} if k == "params" else round(v, 4) if isinstance(v, float)
-                else v) for k, v in row.items()}
+    """A refit's row as written: its figures to 4 decimals, its parameter values in full (so its
+    prediction can be simulated again)."""
+    return {k: (dict(v) if k == "params" else round(v, 4) if isinstance(v, float) else v)
+            for k, v in row.items()}
 
 
 #: Replications of the calibrated history used to measure each drug round's replication spread.

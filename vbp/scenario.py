@@ -233,7 +233,10 @@ class OptimizerParams(_Frozen):
     method: Literal["auto", "milp", "draft"] = Field(
         "auto", description="auto: exact fast path, MILP when needed; milp: always; "
                             "draft: no optimizer, winners pick provinces in price order")
-    time_limit: float = Field(10.0, gt=0, le=3600, description="solver time limit per model, s")
+    # a wall-clock guard, not a setting of the answer: a solve that finishes is the same whatever
+    # the limit (one thread, fixed seed). Some planner_secure models take seconds to prove optimal
+    # (province subsets filling a 70% cap), so the guard leaves room for a loaded machine.
+    time_limit: float = Field(60.0, gt=0, le=3600, description="solver time limit per model, s (wall clock)")
     min_suppliers: int = Field(1, ge=1, le=31, description="planner: minimum winners per molecule")
     max_share: float = Field(1.0, gt=0, le=1, description="planner: maximum national share of one winner")
     backup_coverage: bool = Field(

@@ -275,7 +275,7 @@ def build_allocation_model(problem: AllocationProblem) -> tuple[pulp.LpProblem, 
     return model, x
 
 
-def solve_allocation_milp(problem: AllocationProblem, *, time_limit: float = 10.0) -> Allocation:
+def solve_allocation_milp(problem: AllocationProblem, *, time_limit: float = 60.0) -> Allocation:
     """Allocate provinces by the MILP (HiGHS); raise AllocationError unless proven optimal."""
     start = time.perf_counter()
     reason = _infeasibility(problem)
@@ -311,7 +311,7 @@ def _assignment_supplier(cost: np.ndarray) -> np.ndarray:
 
 
 def allocate(problem: AllocationProblem, *, method: str = "auto",
-             time_limit: float = 10.0) -> Allocation:
+             time_limit: float = 60.0) -> Allocation:
     """Allocate every province to one winner at minimum cost; exact on every path.
 
     ``method="auto"``: one winner is trivial; otherwise solve the uncapacitated relaxation as a
@@ -479,7 +479,7 @@ def build_planner_model(problem: PlannerProblem) -> tuple[pulp.LpProblem, dict, 
     return model, y, x
 
 
-def plan(problem: PlannerProblem, *, time_limit: float = 10.0) -> tuple[np.ndarray, Allocation]:
+def plan(problem: PlannerProblem, *, time_limit: float = 60.0) -> tuple[np.ndarray, Allocation]:
     """Choose winners and allocation jointly at minimum cost (planner mode, always the MILP).
 
     Returns the (n,) won mask and the Allocation over the winners in index order (``supplier``
