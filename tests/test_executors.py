@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
+from pathlib import Path
 
 import pytest
 from threadpoolctl import threadpool_info
 
 from vbp import calibrate as cal
+from vbp.errors import SimulationError
 from vbp.executors import open_executor
 
 
@@ -53,3 +56,42 @@ def test_an_abandoned_pool_kills_its_workers_and_its_manager_thread_ends():
     for proc in workers:
         proc.join(5.0)
         assert not proc.is_alive()
+
+
+def _die_once(marker: str) -> dict:
+    """A calibration point whose first worker dies without a word; its rerun succeeds."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("died")
+        os._exit(1)
+    return {"pid": os.getpid()}
+
+
+def _fail_on(x: int) -> dict:
+    if x == 2:
+        raise ValueError("no valid bid for molecule m7")
+    return {"x": x}
+
+
+fork_only = pytest.mark.skipif(multiprocessing.get_start_method() != "fork",
+                               reason="the patched evaluation reaches workers only when forked")
+
+
+@fork_only
+def test_a_calibration_point_whose_worker_dies_is_rerun(monkeypatch, tmp_path):
+    monkeypatch.setattr(cal, "_evaluate", _die_once)
+    seen = []
+    out = cal._run_tasks([str(tmp_path / "died")] * 3, 2, lambda i, n: seen.append((i, n)))
+    assert (tmp_path / "died").read_text() == "died"
+    assert all(r and r["pid"] != os.getpid() for r in out)
+    assert seen[-1] == (3, 3)
+
+
+@fork_only
+def test_a_failing_calibration_point_names_itself_after_the_others_finish(monkeypatch):
+    monkeypatch.setattr(cal, "_evaluate", _fail_on)
+    seen = []
+    with pytest.raises(SimulationError, match=r"1 of 4 calibration points failed; the first \(point 3\): "
+                                              r"ValueError: no valid bid for molecule m7"):
+        cal._run_tasks([0, 1, 2, 3], 2, lambda i, n: seen.append(i))
+    assert seen[-1] == 4

@@ -41,8 +41,6 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,7 +50,7 @@ from scipy.stats import qmc
 
 from vbp import metrics
 from vbp.errors import SimulationError
-from vbp.executors import single_threaded_blas
+from vbp.executors import open_executor, run_tasks
 from vbp.model import run_replication
 from vbp.records import to_frames
 from vbp.scenario import Scenario, apply_overrides, load_raw, scenario_from_raw
@@ -653,6 +651,10 @@ def _held_out_choice(own_u: np.ndarray, own_y: np.ndarray, design_u: np.ndarray,
 
 
 def _run_tasks(tasks: list, workers: int, progress) -> list[dict]:
+    """Evaluate design points, in this process or on the shared task loop (`vbp.executors`): a
+    worker that dies is replaced and its points rerun, Ctrl-C stops the workers at once. In
+    this process a failing point raises its own error; in a pool it becomes a SimulationError
+    naming the point, once every other point has finished (and been cached)."""
     if workers <= 1 or len(tasks) == 1:
         out = []
         for i, t in enumerate(tasks):
@@ -660,17 +662,27 @@ def _run_tasks(tasks: list, workers: int, progress) -> list[dict]:
             if progress:
                 progress(i + 1, len(tasks))
         return out
-    out = [None] * len(tasks)
-    try:
-        with ProcessPoolExecutor(max_workers=workers, initializer=single_threaded_blas) as pool:
-            futures = {pool.submit(_evaluate, t): i for i, t in enumerate(tasks)}
-            for done, fut in enumerate(as_completed(futures), start=1):
-                out[futures[fut]] = fut.result()
-                if progress:
-                    progress(done, len(tasks))
-    except BrokenProcessPool:
-        raise SimulationError("a calibration worker process died (killed, out of memory, or a crash in "
-                              "native code); rerun `vbp calibrate`: finished design points are cached") from None
+    out: list = [None] * len(tasks)
+    errors: dict[int, str] = {}
+    finished = 0
+
+    def done(i: int, result, error: str | None) -> None:
+        nonlocal finished
+        if error is None:
+            out[i] = result
+        else:
+            errors[i] = error
+        finished += 1
+        if progress:
+            progress(finished, len(tasks))
+
+    with open_executor(workers) as backend:
+        run_tasks(backend, _evaluate, ((i, (t,)) for i, t in enumerate(tasks)), done)
+    if errors:
+        i = min(errors)
+        raise SimulationError(f"{len(errors)} of {len(tasks)} calibration points failed; the first "
+                              f"(point {i + 1}): {errors[i]}. Rerun with --workers 1 to see its "
+                              "traceback: finished points are cached")
     return out
 
 
