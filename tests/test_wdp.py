@@ -394,3 +394,10 @@ def test_planner_model_that_stalled_presolve_solves_within_its_time_limit():
     winners, covered = done.stdout.split()
     assert 2 <= int(winners) <= 3
     assert float(covered) == pytest.approx(1.0)
+
+
+def test_the_solvers_default_time_limit_is_the_scenarios():
+    from vbp.scenario import OptimizerParams
+    from vbp.wdp import TIME_LIMIT
+
+    assert TIME_LIMIT == OptimizerParams().time_limit

@@ -320,10 +320,9 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
     parameter group."""
     moments = moments_for(group.rounds)
     dim = len(group.params)
-    sob = qmc.Sobol(dim, scramble=True, seed=seed)
     with warnings.catch_warnings():  # a design size that is not a power of 2 is fine here
         warnings.simplefilter("ignore", UserWarning)
-        u1 = sob.random(group.design)
+        u1 = qmc.Sobol(dim, scramble=True, seed=seed).random(group.design)
     u1 = np.vstack([u1, np.full(dim, 0.5)])
 
     def scen(x):
@@ -351,7 +350,8 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
     n_local = _local_size(group)
     cand_u, cand_y = np.vstack([own_u, u1]), np.vstack([own_y, y1])
     sources = [f"control refit step {k + 1}" for k in range(len(own_u))] + ["global design point"] * len(u1)
-    tr = _trust_region(group.params, pub, w, keep_all, u_c, cand_u, cand_y, sources, None, sob, n_local,
+    tr = _trust_region(group.params, pub, w, keep_all, u_c, cand_u, cand_y, sources, None,
+                       _local_sobol(dim, seed, group.design), n_local,
                        simulate, "")
     local_u, local_y, coef, surrogate = tr.designs_u, tr.designs_y, tr.coef, tr.surrogate
     r2 = {n: float(v) for n, v in zip(names, tr.r2)}

@@ -45,6 +45,10 @@ _CAP_RTOL = 1e-9
 #: binds took 25 s where 1e-6 took 0.1 s.
 MIP_REL_GAP = 1e-6
 
+#: Default wall-clock limit per solve, s (the scenario's `optimizer.time_limit` has the same
+#: default): a guard against a solve that never ends, not a setting of the answer.
+TIME_LIMIT = 60.0
+
 
 class AllocationError(RuntimeError):
     """An allocation could not be proven optimal: infeasible, failed or time-limited solve."""
@@ -275,7 +279,7 @@ def build_allocation_model(problem: AllocationProblem) -> tuple[pulp.LpProblem, 
     return model, x
 
 
-def solve_allocation_milp(problem: AllocationProblem, *, time_limit: float = 60.0) -> Allocation:
+def solve_allocation_milp(problem: AllocationProblem, *, time_limit: float = TIME_LIMIT) -> Allocation:
     """Allocate provinces by the MILP (HiGHS); raise AllocationError unless proven optimal."""
     start = time.perf_counter()
     reason = _infeasibility(problem)
@@ -311,7 +315,7 @@ def _assignment_supplier(cost: np.ndarray) -> np.ndarray:
 
 
 def allocate(problem: AllocationProblem, *, method: str = "auto",
-             time_limit: float = 60.0) -> Allocation:
+             time_limit: float = TIME_LIMIT) -> Allocation:
     """Allocate every province to one winner at minimum cost; exact on every path.
 
     ``method="auto"``: one winner is trivial; otherwise solve the uncapacitated relaxation as a
@@ -479,7 +483,7 @@ def build_planner_model(problem: PlannerProblem) -> tuple[pulp.LpProblem, dict, 
     return model, y, x
 
 
-def plan(problem: PlannerProblem, *, time_limit: float = 60.0) -> tuple[np.ndarray, Allocation]:
+def plan(problem: PlannerProblem, *, time_limit: float = TIME_LIMIT) -> tuple[np.ndarray, Allocation]:
     """Choose winners and allocation jointly at minimum cost (planner mode, always the MILP).
 
     Returns the (n,) won mask and the Allocation over the winners in index order (``supplier``
