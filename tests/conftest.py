@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,3 +28,10 @@ def run_dir(tmp_path_factory) -> Path:
     result = CliRunner().invoke(cli, ["run", str(tiny), "-n", "2", "--workers", "1", "--quiet", "--out", str(out)])
     assert result.exit_code == 0, (result.output, result.exception)
     return out
+
+
+def pytest_unconfigure(config):
+    """An interpreter still running two minutes after the session prints every thread's stack and
+    exits 1: a thread or process left behind (a pool's manager thread waiting for a dead worker)
+    would otherwise hold the run open, silently, until whatever runs it gives up."""
+    faulthandler.dump_traceback_later(120, exit=True, file=sys.__stderr__)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -56,6 +58,53 @@ def test_an_abandoned_pool_kills_its_workers_and_its_manager_thread_ends():
     for proc in workers:
         proc.join(5.0)
         assert not proc.is_alive()
+
+
+# A worker killed while it writes its result: the manager thread has read the header of a message
+# whose body never comes. Run in a child interpreter, since a stuck thread would hang pytest's exit.
+_HALF_WRITTEN = """
+import os, struct, sys, time
+from pathlib import Path
+from vbp.executors import open_executor
+
+FD = None
+MARKER = Path(sys.argv[1])
+
+def half_a_result():
+    os.write(FD, struct.pack("!i", 1 << 20) + b"x" * 64)  # the header promises 1 MiB
+    MARKER.write_text("written")
+    time.sleep(60)
+
+def nothing():
+    return None
+
+try:
+    with open_executor(2) as backend:
+        pool = backend.executor
+        FD = pool._result_queue._writer.fileno()  # the workers fork at the first submit
+        pool.submit(nothing).result()
+        manager = pool._executor_manager_thread
+        pool.submit(half_a_result)
+        while not MARKER.exists():
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+except KeyboardInterrupt:
+    pass
+print("manager alive:", manager.is_alive())
+"""
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != "fork",
+                    reason="the worker writes through the result pipe's descriptor it inherits by fork")
+def test_a_worker_killed_mid_result_leaves_no_thread_to_hang_the_exit(tmp_path):
+    try:
+        proc = subprocess.run([sys.executable, "-c", _HALF_WRITTEN, str(tmp_path / "written")],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=90)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the interpreter did not exit after abandoning the pool: {exc.stdout!r}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "manager alive: False", proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
 
 
 def _die_once(marker: str) -> dict:

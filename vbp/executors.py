@@ -70,15 +70,23 @@ def _abandon_pool(pool: ProcessPoolExecutor, timeout: float = 10.0) -> None:
     """Cancel a pool's queued tasks, stop its workers now (their in-flight tasks are lost by
     design) and wait, briefly, for its manager thread to finish.
 
-    The workers and the thread are read before `shutdown`, which forgets both. Waiting for the
+    The workers, the thread and the result queue are read before `shutdown`, which forgets them. Waiting for the
     thread matters at interpreter exit: a manager thread still tidying up a broken pool closes
     the pipe that exit wakes it through, and the wake-up then prints a traceback."""
     workers = list((getattr(pool, "_processes", None) or {}).values())
     manager = getattr(pool, "_executor_manager_thread", None)
+    results = getattr(pool, "_result_queue", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in workers:
         if proc.is_alive():
             proc.kill()
+    # A worker killed while writing a result leaves half a message in the result pipe, and the
+    # manager thread reading it would wait for the rest for ever (this process holds a write end
+    # too, so the pipe never ends), and so would the interpreter at exit. Only workers write to
+    # it: closing this end lets the pipe end once they are dead, and the thread's read fail.
+    writer = getattr(results, "_writer", None)
+    if writer is not None:
+        writer.close()
     if manager is not None and manager is not threading.current_thread():
         manager.join(timeout)
 
