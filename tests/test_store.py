@@ -94,10 +94,10 @@ def test_a_second_process_cannot_open_a_store_in_use(tmp_path):
     root = str(Path(__file__).resolve().parent.parent)
     with Store(path):
         busy = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                              cwd=root, env={"PYTHONPATH": root, "PATH": ""})
+                              cwd=root, env={"PYTHONPATH": root, "PATH": ""}, timeout=120)
     assert busy.returncode == 3 and "another sweep" in busy.stdout
     free = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                          cwd=root, env={"PYTHONPATH": root, "PATH": ""})
+                          cwd=root, env={"PYTHONPATH": root, "PATH": ""}, timeout=120)
     assert free.returncode == 0, free.stderr
 
 

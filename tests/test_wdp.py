@@ -174,7 +174,7 @@ def test_solver_writes_nothing_to_stdout():
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True)
+                         check=True, timeout=120)
     assert out.stdout == ""
 
 
