@@ -94,17 +94,61 @@ print("manager alive:", manager.is_alive())
 """
 
 
-@pytest.mark.skipif(multiprocessing.get_start_method() != "fork",
-                    reason="the worker writes through the result pipe's descriptor it inherits by fork")
-def test_a_worker_killed_mid_result_leaves_no_thread_to_hang_the_exit(tmp_path):
+forked = pytest.mark.skipif(multiprocessing.get_start_method() != "fork",
+                            reason="the worker writes through the result pipe's descriptor it inherits by fork")
+
+
+def _child(script: str, marker: Path, stuck: str) -> str:
+    """Run `script MARKER` in a child interpreter and return its output; fail saying `stuck` if it
+    has not exited within 90 s, and if it exits with an error or a traceback."""
     try:
-        proc = subprocess.run([sys.executable, "-c", _HALF_WRITTEN, str(tmp_path / "written")],
-                              capture_output=True, text=True, cwd=tmp_path, timeout=90)
+        proc = subprocess.run([sys.executable, "-c", script, str(marker)], capture_output=True, text=True,
+                              cwd=marker.parent, timeout=90)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the interpreter did not exit after abandoning the pool: {exc.stdout!r}")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "manager alive: False", proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
+        pytest.fail(f"{stuck}: {exc.stdout!r}")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stdout.strip()
+
+
+@forked
+def test_a_worker_killed_mid_result_leaves_no_thread_to_hang_the_exit(tmp_path):
+    out = _child(_HALF_WRITTEN, tmp_path / "written", "the interpreter did not exit after abandoning the pool")
+    assert out == "manager alive: False"
+
+
+# A worker that dies while it writes its result, without the pool noticing: the task loop finds
+# the dead worker, restarts the pool and reruns what was in flight (a stuck loop would never end,
+# hence the child interpreter).
+_DIES_MID_RESULT = """
+import os, struct, sys, time
+from pathlib import Path
+from vbp import executors
+
+executors.STALL_CHECK_S = 0.2
+FD = None
+MARKER = Path(sys.argv[1])
+
+def task(i):
+    if i == 0 and not MARKER.exists():
+        MARKER.write_text("died")
+        os.write(FD, struct.pack("!i", 1 << 20) + b"x" * 64)  # the header promises 1 MiB
+        os._exit(1)
+    return i * i
+
+out = {}
+with executors.open_executor(2) as backend:
+    FD = backend.executor._result_queue._writer.fileno()  # the workers fork at the first submit
+    executors.run_tasks(backend, task, [(i, (i,)) for i in range(4)],
+                        lambda key, result, error: out.__setitem__(key, (result, error)))
+print(sorted(out.items()))
+"""
+
+
+@forked
+def test_a_worker_that_dies_mid_result_unseen_is_found_and_its_tasks_rerun(tmp_path):
+    out = _child(_DIES_MID_RESULT, tmp_path / "died", "the task loop waited for ever on a worker that died mid-result")
+    assert (tmp_path / "died").read_text() == "died"
+    assert out == str([(i, (i * i, None)) for i in range(4)])
 
 
 def _die_once(marker: str) -> dict:

@@ -21,6 +21,7 @@ from concurrent.futures import (
     ProcessPoolExecutor,
     wait,
 )
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,10 @@ from threadpoolctl import threadpool_limits
 from vbp.errors import InputError
 from vbp.experiment import default_workers
 
-__all__ = ["InProcessExecutor", "Backend", "open_executor", "run_tasks", "single_threaded_blas"]
+__all__ = ["InProcessExecutor", "Backend", "open_executor", "run_tasks", "single_threaded_blas", "wait_any"]
 
 MAX_ATTEMPTS = 3  # a task whose worker process died is retried on a fresh pool up to this often
+STALL_CHECK_S = 5.0  # how often a wait with nothing finished looks for a worker that died unseen
 
 
 class InProcessExecutor(Executor):
@@ -89,6 +91,33 @@ def _abandon_pool(pool: ProcessPoolExecutor, timeout: float = 10.0) -> None:
         writer.close()
     if manager is not None and manager is not threading.current_thread():
         manager.join(timeout)
+
+
+def wait_any(executor: Executor, futures: Iterable[Future]) -> set[Future]:
+    """Wait for the first of `futures` to finish.
+
+    A local pool whose worker died while writing its result (killed, out of memory) never says so:
+    its manager thread waits for the rest of the message, and the futures never finish. A pool
+    with a dead worker that has not been marked broken, seen twice STALL_CHECK_S apart with
+    nothing finished, is such a pool, and raises BrokenProcessPool as a pool that saw its worker
+    die does. Abandoning it (`Backend.stop`) then frees the thread."""
+    futures = list(futures)
+    seen_dead = False
+    while True:
+        done, _ = wait(futures, timeout=STALL_CHECK_S, return_when=FIRST_COMPLETED)
+        if done:
+            return done
+        dead = _has_dead_worker(executor)
+        if dead and seen_dead:
+            raise BrokenProcessPool("a worker process died while returning its result")
+        seen_dead = dead
+
+
+def _has_dead_worker(executor: Executor) -> bool:
+    if not isinstance(executor, ProcessPoolExecutor) or getattr(executor, "_broken", False):
+        return False
+    workers = list((getattr(executor, "_processes", None) or {}).values())
+    return any(proc.exitcode is not None for proc in workers)
 
 
 def single_threaded_blas() -> None:
@@ -198,8 +227,9 @@ def run_tasks(backend: Backend, fn: Callable[..., Any], tasks: Iterable[tuple[Ha
 
     At most `window` tasks (default: twice the backend's slots) are in flight, so an interruption
     loses at most those. An exception in a task becomes its error message; a dead worker process
-    breaks a local pool: the pool is restarted and the tasks in flight are retried, each at most
-    MAX_ATTEMPTS times before they are reported as errors. On KeyboardInterrupt the tasks in flight
+    breaks a local pool (seen at once, or by `wait_any` if it died returning its result): the pool
+    is restarted and the tasks in flight are retried, each at most MAX_ATTEMPTS times before they
+    are reported as errors. On KeyboardInterrupt the tasks in flight
     are abandoned and the interrupt propagates.
     """
     # A queue of one extra task per slot keeps pool workers busy; in-process there is nothing to queue.
@@ -219,20 +249,30 @@ def run_tasks(backend: Backend, fn: Callable[..., Any], tasks: Iterable[tuple[Ha
                 (key, args), attempt = nxt, 1
             flight[backend.executor.submit(fn, *args)] = (key, args, attempt)
 
+    def lost(key: Hashable, args: tuple, attempt: int, exc: BaseException) -> None:
+        if attempt < MAX_ATTEMPTS and backend.restart is not None:
+            retry.append((key, args, attempt + 1))
+        else:
+            on_done(key, None, f"worker process died ({type(exc).__name__}) in {attempt} attempt(s)")
+
     fill()
     while flight:
-        finished, _ = wait(list(flight), return_when=FIRST_COMPLETED)
-        broken = False
+        try:
+            finished = wait_any(backend.executor, flight)
+        except BrokenProcessPool as exc:  # a worker died unseen: no task in flight will come back
+            for item in sorted(flight.values(), key=lambda item: str(item[0])):
+                lost(*item, exc)
+            flight.clear()
+            finished, broken = set(), True
+        else:
+            broken = False
         for fut in sorted(finished, key=lambda f: str(flight[f][0])):
             key, args, attempt = flight.pop(fut)
             try:
                 result = fut.result()
             except BrokenExecutor as exc:
                 broken = True
-                if attempt < MAX_ATTEMPTS and backend.restart is not None:
-                    retry.append((key, args, attempt + 1))
-                else:
-                    on_done(key, None, f"worker process died ({type(exc).__name__}) in {attempt} attempt(s)")
+                lost(key, args, attempt, exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - a failing task is recorded and the sweep goes on
                 on_done(key, None, _message(exc))

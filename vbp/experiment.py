@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -114,7 +114,7 @@ def _in_pool(scenario: Scenario, seed: int, reps: list[int], workers: int,
              finished: Callable[[Part], None]) -> None:
     """Run `reps` on a local process pool, at most two per worker in flight, handing each result
     to `finished` as it arrives. A failing replication, or `finished` raising, stops the pool."""
-    from vbp.executors import open_executor  # executors imports this module
+    from vbp.executors import open_executor, wait_any  # executors imports this module
 
     queue = iter(reps)
     with open_executor(workers) as backend:
@@ -129,7 +129,7 @@ def _in_pool(scenario: Scenario, seed: int, reps: list[int], workers: int,
 
         fill()
         while flight:
-            done, _ = wait(list(flight), return_when=FIRST_COMPLETED)
+            done = wait_any(backend.executor, flight)
             for fut in sorted(done, key=flight.__getitem__):
                 del flight[fut]
                 finished(fut.result())
