@@ -72,9 +72,9 @@ def _abandon_pool(pool: ProcessPoolExecutor, timeout: float = 10.0) -> None:
     """Cancel a pool's queued tasks, stop its workers now (their in-flight tasks are lost by
     design) and wait, briefly, for its manager thread to finish.
 
-    The workers, the thread and the result queue are read before `shutdown`, which forgets them. Waiting for the
-    thread matters at interpreter exit: a manager thread still tidying up a broken pool closes
-    the pipe that exit wakes it through, and the wake-up then prints a traceback."""
+    The workers, the thread and the result queue are read before `shutdown`, which forgets them.
+    Waiting for the thread matters at interpreter exit: a manager thread still tidying up a broken
+    pool closes the pipe that exit wakes it through, and the wake-up then prints a traceback."""
     workers = list((getattr(pool, "_processes", None) or {}).values())
     manager = getattr(pool, "_executor_manager_thread", None)
     results = getattr(pool, "_result_queue", None)
@@ -229,8 +229,8 @@ def run_tasks(backend: Backend, fn: Callable[..., Any], tasks: Iterable[tuple[Ha
     loses at most those. An exception in a task becomes its error message; a dead worker process
     breaks a local pool (seen at once, or by `wait_any` if it died returning its result): the pool
     is restarted and the tasks in flight are retried, each at most MAX_ATTEMPTS times before they
-    are reported as errors. On KeyboardInterrupt the tasks in flight
-    are abandoned and the interrupt propagates.
+    are reported as errors. On KeyboardInterrupt the tasks in flight are abandoned and the
+    interrupt propagates.
     """
     # A queue of one extra task per slot keeps pool workers busy; in-process there is nothing to queue.
     window = window or (1 if isinstance(backend.executor, InProcessExecutor) else 2 * backend.slots)
