@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +35,50 @@ def test_calibration_workers_run_one_blas_thread(monkeypatch):
     monkeypatch.setattr(cal, "_evaluate", _blas_threads)
     out = cal._run_tasks([None, None, None], 2, None)
     assert all(threads and set(threads) == {1} for threads in out)
+
+
+# A pool under each start method: its workers compute, and exit once the process that started
+# the pool is killed (under forkserver a worker's own parent is the fork server, not that process).
+_POOL_THEN_WAIT = """
+import multiprocessing, os, sys, time
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1], force=True)
+    from vbp import executors
+    out = {}
+    with executors.open_executor(2) as backend:
+        executors.run_tasks(backend, pow, [(i, (i, 2)) for i in range(6)],
+                            lambda key, result, error: out.__setitem__(key, (result, error)))
+        assert out == {i: (i * i, None) for i in range(6)}, out
+        workers = [p.pid for p in backend.executor._processes.values()]
+        print(" ".join(map(str, workers)), flush=True)
+        time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+@pytest.mark.parametrize("method", [m for m in ("fork", "spawn", "forkserver")
+                                    if m in multiprocessing.get_all_start_methods()])
+def test_pool_workers_compute_and_exit_with_their_parent_under_every_start_method(method):
+    proc = subprocess.Popen([sys.executable, "-c", _POOL_THEN_WAIT, method], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip(), proc.stderr.read() if proc.poll() is not None else "no workers reported"
+        workers = [int(pid) for pid in line.split()]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, workers)), f"orphaned workers still running: {workers}"
 
 
 def _pid_after(seconds: float) -> int:

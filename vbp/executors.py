@@ -8,10 +8,11 @@ Dask is optional and imported only when asked for.
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -128,22 +129,28 @@ def single_threaded_blas() -> None:
     threadpool_limits(1, user_api="blas")
 
 
-def _worker_init(parent: int) -> None:
+def _worker_init() -> None:
     """Pool workers leave Ctrl-C to the parent, exit when the parent is gone (killed), and use
-    one BLAS thread each."""
+    one BLAS thread each.
+
+    The parent's death is read from its sentinel (a pipe that ends when it dies), which names the
+    process that started the pool under fork, spawn and forkserver alike; the worker's own parent
+    process is the fork server under forkserver (Python 3.14's default on Linux)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     single_threaded_blas()
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
+        multiprocessing.connection.wait([parent.sentinel])
         os._exit(1)  # orphaned: nobody will collect this worker's results
 
     threading.Thread(target=watch, name="vbp-parent-watch", daemon=True).start()
 
 
 def _process_pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
 
 
 @contextmanager
