@@ -32,8 +32,8 @@ def render() -> str:
              "Generated from the command definitions by `python -m vbp.clidoc`; do not edit by hand.", ""]
     for path, cmd, ctx in _walk(cli, ["vbp"]):
         lines += [f"## `{' '.join(path)}`", "", "```", cmd.get_usage(ctx), "```", ""]
-        if cmd.help:
-            lines += [cmd.help.strip(), ""]
+        if cmd.help:  # cleandoc: Python 3.13 dedents docstrings itself, 3.11 and 3.12 do not
+            lines += [inspect.cleandoc(cmd.help), ""]
         rows = []
         for p in cmd.get_params(ctx):
             if isinstance(p, click.Argument):
