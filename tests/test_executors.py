@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,11 +69,14 @@ def _running(pid: int) -> bool:
 def test_pool_workers_compute_and_exit_with_their_parent_under_every_start_method(method):
     proc = subprocess.Popen([sys.executable, "-c", _POOL_THEN_WAIT, method], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    limit = threading.Timer(120, proc.kill)  # a child that never reports ends the read, not the run
+    limit.start()
     try:
         line = proc.stdout.readline()
-        assert line.strip(), proc.stderr.read() if proc.poll() is not None else "no workers reported"
+        assert line.strip(), f"no workers reported within 120 s: {proc.stderr.read()}"
         workers = [int(pid) for pid in line.split()]
     finally:
+        limit.cancel()
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     deadline = time.monotonic() + 20
