@@ -18,6 +18,10 @@ from vbp import calibrate as cal
 from vbp.errors import SimulationError
 from vbp.executors import open_executor
 
+# Workers that use what they inherit by fork: a patched function, a pipe's descriptor.
+fork_only = pytest.mark.skipif(multiprocessing.get_start_method() != "fork",
+                               reason="the workers rely on state inherited by fork")
+
 
 def _blas_threads(_=None) -> list[int]:
     return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
@@ -143,10 +147,6 @@ print("manager alive:", manager.is_alive())
 """
 
 
-forked = pytest.mark.skipif(multiprocessing.get_start_method() != "fork",
-                            reason="the worker writes through the result pipe's descriptor it inherits by fork")
-
-
 def _child(script: str, marker: Path, stuck: str) -> str:
     """Run `script MARKER` in a child interpreter and return its output; fail saying `stuck` if it
     has not exited within 90 s, and if it exits with an error or a traceback."""
@@ -159,7 +159,7 @@ def _child(script: str, marker: Path, stuck: str) -> str:
     return proc.stdout.strip()
 
 
-@forked
+@fork_only
 def test_a_worker_killed_mid_result_leaves_no_thread_to_hang_the_exit(tmp_path):
     out = _child(_HALF_WRITTEN, tmp_path / "written", "the interpreter did not exit after abandoning the pool")
     assert out == "manager alive: False"
@@ -193,7 +193,7 @@ print(sorted(out.items()))
 """
 
 
-@forked
+@fork_only
 def test_a_worker_that_dies_mid_result_unseen_is_found_and_its_tasks_rerun(tmp_path):
     out = _child(_DIES_MID_RESULT, tmp_path / "died", "the task loop waited for ever on a worker that died mid-result")
     assert (tmp_path / "died").read_text() == "died"
@@ -213,10 +213,6 @@ def _fail_on(x: int) -> dict:
     if x == 2:
         raise ValueError("no valid bid for molecule m7")
     return {"x": x}
-
-
-fork_only = pytest.mark.skipif(multiprocessing.get_start_method() != "fork",
-                               reason="the patched evaluation reaches workers only when forked")
 
 
 @fork_only

@@ -76,7 +76,7 @@ def _abandon_pool(pool: ProcessPoolExecutor, timeout: float = 10.0) -> None:
     The workers, the thread and the result queue are read before `shutdown`, which forgets them.
     Waiting for the thread matters at interpreter exit: a manager thread still tidying up a broken
     pool closes the pipe that exit wakes it through, and the wake-up then prints a traceback."""
-    workers = list((getattr(pool, "_processes", None) or {}).values())
+    workers = _workers(pool)
     manager = getattr(pool, "_executor_manager_thread", None)
     results = getattr(pool, "_result_queue", None)
     pool.shutdown(wait=False, cancel_futures=True)
@@ -117,8 +117,12 @@ def wait_any(executor: Executor, futures: Iterable[Future]) -> set[Future]:
 def _has_dead_worker(executor: Executor) -> bool:
     if not isinstance(executor, ProcessPoolExecutor) or getattr(executor, "_broken", False):
         return False
-    workers = list((getattr(executor, "_processes", None) or {}).values())
-    return any(proc.exitcode is not None for proc in workers)
+    return any(proc.exitcode is not None for proc in _workers(executor))
+
+
+def _workers(pool: ProcessPoolExecutor) -> list:
+    """The pool's worker processes (none once it has been shut down)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
 
 
 def single_threaded_blas() -> None:
@@ -264,6 +268,7 @@ def run_tasks(backend: Backend, fn: Callable[..., Any], tasks: Iterable[tuple[Ha
 
     fill()
     while flight:
+        broken = False
         try:
             finished = wait_any(backend.executor, flight)
         except BrokenProcessPool as exc:  # a worker died unseen: no task in flight will come back
@@ -271,8 +276,6 @@ def run_tasks(backend: Backend, fn: Callable[..., Any], tasks: Iterable[tuple[Ha
                 lost(*item, exc)
             flight.clear()
             finished, broken = set(), True
-        else:
-            broken = False
         for fut in sorted(finished, key=lambda f: str(flight[f][0])):
             key, args, attempt = flight.pop(fut)
             try:
