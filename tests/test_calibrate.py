@@ -360,3 +360,45 @@ def test_each_group_simulates_its_own_replications(monkeypatch):
     monkeypatch.setattr(cal, "calibrate_group", fake)
     cal.calibrate(reps=3, groups=("joint", "stent"))
     assert seen == {"joint": 15, "stent": 3}
+
+
+def _round_metrics(rows):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["rep", "round", "avg_cut", "procured", "annual_savings_bn"])
+
+
+def test_the_published_savings_come_alone_and_in_groups_of_the_rounds_given():
+    groups = {g["name"]: g for g in cal.savings_groups(["pilot", "expansion", "batch4", "batch5", "batch7"])}
+    assert set(groups) == {"batch4", "batch5", "batch7", "first batch"}
+    first = groups["first batch"]
+    assert first["rounds"] == ["pilot", "expansion"] and first["value"] == 25.3
+    assert first["cut"] == pytest.approx((25 * 0.52 + 25 * 0.59) / 50)  # over molecules, as published
+    assert groups["batch4"]["value"] == 12.4 and groups["batch4"]["cut"] == 0.52
+    # a group needs all its rounds; insulin and devices are not drug rounds of the forecasts' error
+    assert {g["name"] for g in cal.savings_groups(["pilot", "batch5"])} == {"batch5"}
+
+
+def test_savings_error_is_the_log_residual_of_savings_per_cut(monkeypatch):
+    monkeypatch.setattr(cal, "savings_groups", lambda rounds: [
+        {"name": "a", "rounds": ["a"], "value": 10.0, "cut": 0.5, "source": "x"},
+        {"name": "b", "rounds": ["b1", "b2"], "value": 20.0, "cut": 0.5, "source": "x"},
+        {"name": "c", "rounds": ["c"], "value": 10.0, "cut": 0.4, "source": "x"}])
+    rm = _round_metrics(
+        # a: twice the published savings at the published cut -> log error ln 2
+        [(r, "a", 0.5, 10, 20.0) for r in range(3)]
+        # b: its rounds' savings add up, its cut is weighted by molecules procured: (0.6 x 30 + 0.2 x 10) / 40
+        + [(r, "b1", 0.6, 30, 15.0) for r in range(3)] + [(r, "b2", 0.2, 10, 5.0) for r in range(3)]
+        # c: savings and cut both a quarter lower -> the same agreed value, error 0
+        + [(r, "c", 0.3, 5, 7.5) for r in range(3)])
+    doc = cal.savings_error(rm, ["a", "b1", "b2", "c"], seed=1)
+    rows = {g["group"]: g for g in doc["groups"]}
+    assert rows["a"]["log_error"] == pytest.approx(np.log(2), abs=1e-4)
+    assert rows["b"]["simulated_bn"] == 20.0 and rows["b"]["simulated_cut"] == pytest.approx(0.5)
+    assert rows["b"]["log_error"] == pytest.approx(0.0, abs=1e-4)
+    assert rows["c"]["log_error"] == pytest.approx(0.0, abs=1e-4)
+    # no spread over replications: the sd is the root mean square of the residuals
+    assert doc["log_sd"] == pytest.approx(np.log(2) / np.sqrt(3), abs=1e-4)
+    assert doc["groups_checked"] == 3 and doc["covered"] == sum(g["covered"] for g in doc["groups"])
+    # a's interval, from the others' residuals only (both 0), is a point: it misses
+    assert rows["a"]["sd_without_group"] == 0 and not rows["a"]["covered"]

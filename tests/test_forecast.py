@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -37,12 +38,14 @@ def test_forecast_json_contract():
         assert doc[key]["ci_low"] <= doc[key]["mean"] <= doc[key]["ci_high"]
     assert 0 < doc["avg_cut"]["mean"] < 1
     assert doc["model_error_sd"] > 0 and doc["winner_share_model_error_sd"] > 0
+    assert doc["savings_model_error_sd"] > 0
 
 
-def _forecast_json(monkeypatch, sd, share_sd=0.0):
+def _forecast_json(monkeypatch, sd, share_sd=0.0, savings_sd=0.0):
     import vbp.forecast as fc
 
-    monkeypatch.setattr(fc, "calibrated_model_error", lambda stat="avg_cut": sd if stat == "avg_cut" else share_sd)
+    sds = {"avg_cut": sd, "winner_share": share_sd, "annual_savings": savings_sd}
+    monkeypatch.setattr(fc, "calibrated_model_error", lambda stat="avg_cut": sds[stat])
     r = CliRunner().invoke(cli, ["forecast", str(FORECASTS / "batch9.toml"), "-n", "4", "--workers", "1",
                                  "--json", "--set", "agents.strategy=cost_plus"])
     assert r.exit_code == 0, r.output
@@ -76,6 +79,22 @@ def test_predictive_interval_adds_the_model_error_to_the_replication_spread(monk
         assert firms[end] == pytest.approx(share[end] * bidders, rel=0.1)
 
 
+def test_the_savings_own_error_widens_their_interval_in_proportion_and_nothing_else(monkeypatch):
+    cut_only = _forecast_json(monkeypatch, 0.05)
+    both = _forecast_json(monkeypatch, 0.05, savings_sd=0.4)
+    assert both["savings_model_error_sd"] == 0.4
+    for key in ("avg_cut", "winner_share", "winning_firms", "winning_products"):
+        assert both[key] == cut_only[key]
+    a, b = cut_only["annual_savings_bn"], both["annual_savings_bn"]
+    assert b["mean"] == a["mean"] and (b["ci_low"], b["ci_high"]) == (a["ci_low"], a["ci_high"])
+    # a log sd of 0.4 stretches the interval by about exp(±1.96 × 0.4) = ×/÷ 2.2 around the mean
+    assert b["pi_high"] > 1.8 * a["mean"] and b["pi_low"] < a["mean"] / 1.8
+    assert b["pi_high"] > a["pi_high"] and b["pi_low"] < a["pi_low"]
+    # alone (no cut error), it still gives the savings a predictive interval
+    alone = _forecast_json(monkeypatch, 0.0, savings_sd=0.4)["annual_savings_bn"]
+    assert alone["pi_high"] / alone["mean"] == pytest.approx(np.exp(1.96 * 0.4), rel=0.3)
+
+
 def test_device_forecasts_carry_no_drug_model_error(tmp_path, monkeypatch):
     import vbp.forecast as fc
     from vbp.forecast import load_forecast
@@ -90,6 +109,7 @@ def test_device_forecasts_carry_no_drug_model_error(tmp_path, monkeypatch):
     doc = fc.forecast_summary(run(load_forecast(p), replications=2, seed=1, workers=1))
     assert doc["model_error_sd"] is None and "pi_low" not in doc["avg_cut"]
     assert doc["winner_share_model_error_sd"] is None and "pi_low" not in doc["winner_share"]
+    assert doc["savings_model_error_sd"] is None and "pi_low" not in doc["annual_savings_bn"]
 
 
 def test_forecast_file_without_round_table(tmp_path):

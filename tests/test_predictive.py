@@ -103,3 +103,39 @@ def test_the_stored_model_error_follows_from_its_rows():
     sd = structural_sd([r["predicted"] - r["published"] for r in rows], [r["replication_sd"] for r in rows])
     assert share["sd"] == pytest.approx(sd, abs=1e-4)
     assert share["covered"] == sum(r["covered"] for r in rows) and share["rounds_checked"] == len(rows)
+
+
+def test_a_proportional_error_gives_a_lognormal_interval():
+    lo, hi = predictive_interval([10.0] * 10, 0.0, seed=7, log_sd=0.5)
+    assert lo == pytest.approx(10 * math.exp(-1.96 * 0.5), rel=0.02)
+    assert hi == pytest.approx(10 * math.exp(1.96 * 0.5), rel=0.02)
+
+
+def test_without_a_proportional_error_the_interval_is_unchanged():
+    x = np.linspace(10, 20, 15)
+    assert predictive_interval(x, 0.02, seed=3, scale=x / 0.5, log_sd=0.0) == \
+        predictive_interval(x, 0.02, seed=3, scale=x / 0.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(1.0, 50.0), min_size=2, max_size=20), st.floats(0.0, 0.1), st.floats(0.01, 1.0),
+       st.integers(0, 2**31))
+def test_a_proportional_error_never_narrows_the_interval(draws, sd, log_sd, seed):
+    x = np.asarray(draws)
+    lo0, hi0 = predictive_interval(x, sd, seed=seed, scale=x / 0.5)
+    lo1, hi1 = predictive_interval(x, sd, seed=seed, scale=x / 0.5, log_sd=log_sd)
+    assert hi1 - lo1 >= (hi0 - lo0) * 0.98
+
+
+def test_the_stored_savings_error_follows_from_its_rows():
+    """The shipped calibration's savings error is the estimator applied to its stored residuals, over
+    the drug rounds with published first-year savings, and its coverage counts match."""
+    me = data.read_toml("calibration.toml")["model_error"]["annual_savings"]
+    rows = me["groups"]
+    assert {r["group"] for r in rows} == {"batch4", "batch5", "batch7", "first batch"}
+    for r in rows:
+        implied = math.log(r["simulated_bn"] / r["simulated_cut"]) - math.log(r["published_bn"] / r["published_cut"])
+        assert r["log_error"] == pytest.approx(implied, abs=0.02)  # mean of logs vs log of means
+    sd = structural_sd([r["log_error"] for r in rows], [r["replication_sd"] for r in rows])
+    assert me["log_sd"] == pytest.approx(sd, abs=1e-3)
+    assert me["covered"] == sum(r["covered"] for r in rows) and me["groups_checked"] == len(rows)

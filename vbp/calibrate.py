@@ -42,19 +42,23 @@ import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.interpolate import RBFInterpolator
 from scipy.optimize import minimize
 from scipy.stats import qmc
 
-from vbp import metrics
+from vbp import data, metrics
 from vbp.errors import SimulationError
 from vbp.executors import open_executor, run_tasks
 from vbp.model import run_replication
 from vbp.records import to_frames
 from vbp.scenario import Scenario, apply_overrides, load_raw, scenario_from_raw
 from vbp.strategies import cache_dir, source_digest
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Param", "Moment", "Group", "GROUPS", "moments_for", "simulate_moments", "calibrate_group",
            "GroupFit", "calibrate", "to_toml", "model_error"]
@@ -806,4 +810,71 @@ def model_error(fits: list[GroupFit], *, seed: int, workers: int, reps: int = MO
         sd, rows = check(drug.loro_share, "winner_share")
         doc["winner_share"] = {"sd": round(sd, 4), "covered": sum(r["covered"] for r in rows),
                                "rounds_checked": len(rows), "rounds": rows}
+    savings = savings_error(rm, [r["round"] for r in drug.loro], seed=seed)
+    if savings is not None:
+        doc["annual_savings"] = savings
     return doc
+
+
+def savings_groups(rounds: list[str]) -> list[dict]:
+    """The published first-year savings of these rounds, alone or in groups (targets.toml): each
+    with its rounds, savings (CNY bn) and molecule-weighted published cut. Groups need every one
+    of their rounds among `rounds` and a published cut and molecule count for each."""
+    table = data.read_toml("targets.toml")
+    pub = table["rounds"]
+    groups = [{"name": r, "rounds": [r], "value": pub[r]["annual_savings_bn"], "source": pub[r].get("source")}
+              for r in rounds if "annual_savings_bn" in pub.get(r, {})]
+    groups += [{"name": g["name"], "rounds": list(g["rounds"]), "value": g["value"], "source": g.get("source")}
+               for g in table.get("annual_savings_groups", []) if set(g["rounds"]) <= set(rounds)]
+    out = []
+    for g in groups:
+        have = [pub.get(r, {}) for r in g["rounds"]]
+        if not all("avg_cut" in t and "products_won" in t for t in have):
+            continue
+        n = np.array([t["products_won"] for t in have], dtype=float)
+        cut = float(np.dot([t["avg_cut"] for t in have], n) / n.sum())
+        out.append({**g, "value": float(g["value"]), "cut": cut})
+    return out
+
+
+def savings_error(rm: pd.DataFrame, rounds: list[str], *, seed: int) -> dict | None:
+    """The first-year savings' proportional error beyond the cut's, from the drug rounds' published
+    savings (never moments, so these residuals are out of sample).
+
+    Savings = cut x agreed value at the reference price, so savings / cut is the agreed value the
+    round implies. Its log residual, simulated (mean over replications) less published, measures
+    what the cut's error does not: market values (mostly assumptions), agreed shares, the base of
+    the published figure. Its structural sd, as for the cut (`vbp.predictive`), widens a drug
+    forecast's savings interval by a factor exp(N(0, sd^2)); each group's row also gives the
+    interval an sd estimated without it would have had. None with fewer than two groups.
+    """
+    from vbp import predictive
+
+    groups = savings_groups(rounds)
+    if len(groups) < 2:
+        return None
+    rows, draws, shown = [], {}, {}
+    for g in groups:
+        sel = rm[rm["round"].isin(g["rounds"])]
+        sub = sel.assign(weighted=sel["avg_cut"] * sel["procured"]).groupby("rep")
+        sav = sub["annual_savings_bn"].sum()
+        cut = sub["weighted"].sum() / sub["procured"].sum()  # over molecules, as the published cut
+        x = np.log((sav / cut).to_numpy(float))
+        draws[g["name"]] = x
+        rows.append({"round": g["name"], "published": float(np.log(g["value"] / g["cut"])),
+                     "predicted": float(x.mean())})
+        shown[g["name"]] = {"rounds": g["rounds"], "published_bn": g["value"], "simulated_bn": float(sav.mean()),
+                            "published_cut": g["cut"], "simulated_cut": float(cut.mean())}
+    cover = predictive.loro_coverage(rows, draws, seed=seed)
+    sd = predictive.structural_sd([r["predicted"] - r["published"] for r in cover],
+                                  [r["replication_sd"] for r in cover])
+    out = []
+    for r in cover:
+        row = {"group": r["round"], **shown[r["round"]], "log_error": r["predicted"] - r["published"],
+               "replication_sd": r["replication_sd"], "sd_without_group": r["structural_sd_without_round"],
+               "covered": r["covered"]}
+        out.append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    return {"log_sd": round(sd, 4), "method": "sqrt(max(0, mean(e^2 - s^2))) over the log residuals e of "
+            "savings / cut (simulated mean less published) of the drug rounds with published first-year "
+            "savings, less each one's replication variance s^2", "covered": sum(r["covered"] for r in out),
+            "groups_checked": len(out), "groups": out}

@@ -472,10 +472,12 @@ def forecast(round_file, replications, seed, workers, overrides, as_json, out, q
         t.add_row(stat, _fmt(v["mean"], k), f"{_fmt(v['ci_low'], k)} – {_fmt(v['ci_high'], k)}", pi)
     Console(width=120).print(t)
     if doc.get("model_error_sd") is not None:
-        share = doc.get("winner_share_model_error_sd")
+        share, sav = doc.get("winner_share_model_error_sd"), doc.get("savings_model_error_sd")
         click.echo(f"95% interval: spread over replications. With model error: adds the calibration's "
                    f"out-of-sample error of the drug average cut (sd {100 * doc['model_error_sd']:.1f} pts)"
                    + (f" and of the winner share (sd {100 * share:.1f} pts)" if share is not None else "")
+                   + (f"; the savings also carry their own error beyond the cut's (log sd {sav:.2f}, a "
+                      f"factor of {math.exp(1.96 * sav):.1f} either way at 95%)" if sav else "")
                    + "; docs/validation.md.")
 
 

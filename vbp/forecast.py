@@ -41,10 +41,12 @@ JSON_KEYS = {
     "winning_products": "winning products: `mean`, `ci_low`, `ci_high`",
     "winner_share": "share of bidding firms that win: as `avg_cut`",
     "annual_savings_bn": "first-year savings at agreed volume, CNY bn: as `avg_cut`, the predictive interval "
-                         "moving with the cut",
+                         "moving with the cut and, in proportion, with the savings' own model error",
     "model_error_sd": "the calibrated out-of-sample sd of a drug round's average cut (null for devices or "
                       "before a calibration)",
     "winner_share_model_error_sd": "the same for the share of bidding firms that win",
+    "savings_model_error_sd": "the calibrated sd of the log error of a drug round's first-year savings beyond "
+                              "its cut's (the agreed value: market value, agreed share); null likewise",
     "procured": "molecules procured (at least one winner): `mean`, `ci_low`, `ci_high`",
     "molecules_listed": "molecules listed in the file (`[round] molecules`)",
     "cut_base": "what the cut is measured against: `reference` (pre-VBP price) or `ceiling`",
@@ -100,12 +102,16 @@ def load_forecast(path: str | Path, overrides: tuple[str, ...] = ()) -> Scenario
 
 def calibrated_model_error(stat: str = "avg_cut") -> float | None:
     """A drug statistic's structural error sd stored by `vbp calibrate` (None before one): the
-    average cut's (`avg_cut`) or the share of bidding firms that win (`winner_share`)."""
+    average cut's (`avg_cut`), the share of bidding firms that win (`winner_share`), or the log
+    sd of the first-year savings beyond the cut's error (`annual_savings`)."""
     try:
         me = data.read_toml("calibration.toml").get("model_error", {})
     except FileNotFoundError:
         return None
-    sd = me.get("avg_cut_sd") if stat == "avg_cut" else me.get(stat, {}).get("sd")
+    if stat == "avg_cut":
+        sd = me.get("avg_cut_sd")
+    else:
+        sd = me.get(stat, {}).get("log_sd" if stat == "annual_savings" else "sd")
     return None if sd is None else float(sd)
 
 
@@ -113,7 +119,8 @@ def forecast_summary(result: RunResult) -> dict:
     """The forecast JSON document: each statistic's mean and 95% interval over replications; for
     the average cut and the annual savings, and for the winner share and winning firms, also a 95%
     predictive interval (`pi_low`, `pi_high`) that adds the calibration's out-of-sample model error
-    of the cut or of the winner share (`vbp.predictive`)."""
+    of the cut or of the winner share (`vbp.predictive`); the savings' interval also carries their
+    own proportional error beyond the cut's."""
     rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])
     rid = result.scenario.rounds[0].id
     sub = rm[rm["round"] == rid]
@@ -123,21 +130,25 @@ def forecast_summary(result: RunResult) -> dict:
         doc[stat] = {"mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"]}
     # estimated on the drug rounds, so only drug forecasts carry it
     drug = result.scenario.rounds[0].category == "drug"
-    sds = {base: calibrated_model_error(base) if drug else None for base in ("avg_cut", "winner_share")}
+    sds = {base: calibrated_model_error(base) if drug else None
+           for base in ("avg_cut", "winner_share", "annual_savings")}
     # predictive intervals: replication spread plus the model's structural error in the cut, which
-    # moves the savings in proportion (savings / cut per replication), and in the winner share,
-    # which moves the winning firms in proportion (winning firms = share x the replication's bidders)
+    # moves the savings in proportion (savings / cut per replication) and is joined there by their
+    # own proportional error, and in the winner share, which moves the winning firms in proportion
+    # (winning firms = share x the replication's bidders)
     for base, follower in (("avg_cut", "annual_savings_bn"), ("winner_share", "winning_firms")):
         if sds[base] is None:
             continue
         x, f = sub[base].to_numpy(float), sub[follower].to_numpy(float)
         with np.errstate(divide="ignore", invalid="ignore"):
             per = np.where(x > 0, f / x, np.nan)
-        for stat, src, scale in ((base, x, None), (follower, f, per)):
-            lo, hi = predictive_interval(src, sds[base], seed=result.seed, scale=scale)
+        log_sd = (sds["annual_savings"] or 0.0) if follower == "annual_savings_bn" else 0.0
+        for stat, src, scale, extra in ((base, x, None, 0.0), (follower, f, per, log_sd)):
+            lo, hi = predictive_interval(src, sds[base], seed=result.seed, scale=scale, log_sd=extra)
             doc[stat].update(pi_low=lo, pi_high=hi)
     doc["model_error_sd"] = sds["avg_cut"]
     doc["winner_share_model_error_sd"] = sds["winner_share"]
+    doc["savings_model_error_sd"] = sds["annual_savings"] if sds["avg_cut"] is not None else None
     doc["procured"] = {k: v for k, v in metrics.summarize(sub["procured"]).items() if k != "n"}
     doc["molecules_listed"] = result.scenario.rounds[0].molecules
     doc["cut_base"] = result.scenario.rounds[0].cut_base

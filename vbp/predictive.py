@@ -34,12 +34,14 @@ def structural_sd(errors: Sequence[float], replication_sds: Sequence[float]) -> 
 
 
 def predictive_interval(draws: Sequence[float], sd: float, *, seed: int, scale: Sequence[float] | None = None,
-                        level: float = 0.95) -> tuple[float, float]:
-    """Central `level` interval of draw_r + scale_r · ε, ε ~ N(0, sd²), over the replications' draws.
+                        level: float = 0.95, log_sd: float = 0.0) -> tuple[float, float]:
+    """Central `level` interval of (draw_r + scale_r · ε) · exp(η), ε ~ N(0, sd²), η ~ N(0, log_sd²),
+    over the replications' draws.
 
     `scale` converts the error into the statistic's units per draw (1 for the cut itself; a
-    replication's savings / cut for savings, which move in proportion to the cut). With sd = 0 this
-    is the replication interval.
+    replication's savings / cut for savings, which move in proportion to the cut). `log_sd` is a
+    proportional error independent of ε (the savings' error beyond the cut's: the agreed value).
+    With sd = log_sd = 0 this is the replication interval.
     """
     x = np.asarray(draws, dtype=float)
     ok = np.isfinite(x)
@@ -49,11 +51,14 @@ def predictive_interval(draws: Sequence[float], sd: float, *, seed: int, scale: 
     if x.size == 0:
         return float("nan"), float("nan")
     tail = 100 * (1 - level) / 2
-    if sd <= 0:
+    if sd <= 0 and log_sd <= 0:
         lo, hi = np.percentile(x, [tail, 100 - tail])
         return float(lo), float(hi)
-    eps = np.random.default_rng(seed).standard_normal((x.size, SAMPLES)) * sd
-    lo, hi = np.percentile(x[:, None] + k[:, None] * eps, [tail, 100 - tail])
+    rng = np.random.default_rng(seed)
+    y = x[:, None] + k[:, None] * (rng.standard_normal((x.size, SAMPLES)) * sd if sd > 0 else 0.0)
+    if log_sd > 0:
+        y = y * np.exp(rng.standard_normal((x.size, SAMPLES)) * log_sd)
+    lo, hi = np.percentile(y, [tail, 100 - tail])
     return float(lo), float(hi)
 
 
