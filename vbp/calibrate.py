@@ -859,7 +859,9 @@ def savings_error(rm: pd.DataFrame, rounds: list[str], *, seed: int) -> dict | N
         sub = sel.assign(weighted=sel["avg_cut"] * sel["procured"]).groupby("rep")
         sav = sub["annual_savings_bn"].sum()
         cut = sub["weighted"].sum() / sub["procured"].sum()  # over molecules, as the published cut
-        x = np.log((sav / cut).to_numpy(float))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.log((sav / cut).to_numpy(float))
+        x = x[np.isfinite(x)]  # a replication that procured none of the group's molecules has no ratio
         draws[g["name"]] = x
         rows.append({"round": g["name"], "published": float(np.log(g["value"] / g["cut"])),
                      "predicted": float(x.mean())})
