@@ -381,9 +381,9 @@ def test_the_published_savings_come_alone_and_in_groups_of_the_rounds_given():
 
 def test_savings_error_is_the_log_residual_of_savings_per_cut(monkeypatch):
     monkeypatch.setattr(cal, "savings_groups", lambda rounds: [
-        {"name": "a", "rounds": ["a"], "value": 10.0, "cut": 0.5, "source": "x"},
-        {"name": "b", "rounds": ["b1", "b2"], "value": 20.0, "cut": 0.5, "source": "x"},
-        {"name": "c", "rounds": ["c"], "value": 10.0, "cut": 0.4, "source": "x"}])
+        {"name": "a", "rounds": ["a"], "value": 10.0, "cut": 0.5},
+        {"name": "b", "rounds": ["b1", "b2"], "value": 20.0, "cut": 0.5},
+        {"name": "c", "rounds": ["c"], "value": 10.0, "cut": 0.4}])
     rm = _round_metrics(
         # a: twice the published savings at the published cut -> log error ln 2
         [(r, "a", 0.5, 10, 20.0) for r in range(3)]

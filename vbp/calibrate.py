@@ -822,9 +822,9 @@ def savings_groups(rounds: list[str]) -> list[dict]:
     of their rounds among `rounds` and a published cut and molecule count for each."""
     table = data.read_toml("targets.toml")
     pub = table["rounds"]
-    groups = [{"name": r, "rounds": [r], "value": pub[r]["annual_savings_bn"], "source": pub[r].get("source")}
+    groups = [{"name": r, "rounds": [r], "value": pub[r]["annual_savings_bn"]}
               for r in rounds if "annual_savings_bn" in pub.get(r, {})]
-    groups += [{"name": g["name"], "rounds": list(g["rounds"]), "value": g["value"], "source": g.get("source")}
+    groups += [{"name": g["name"], "rounds": list(g["rounds"]), "value": g["value"]}
                for g in table.get("annual_savings_groups", []) if set(g["rounds"]) <= set(rounds)]
     out = []
     for g in groups:

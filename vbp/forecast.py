@@ -136,15 +136,15 @@ def forecast_summary(result: RunResult) -> dict:
     # moves the savings in proportion (savings / cut per replication) and is joined there by their
     # own proportional error, and in the winner share, which moves the winning firms in proportion
     # (winning firms = share x the replication's bidders)
-    for base, follower in (("avg_cut", "annual_savings_bn"), ("winner_share", "winning_firms")):
+    for base, follower, own in (("avg_cut", "annual_savings_bn", sds["annual_savings"] or 0.0),
+                                ("winner_share", "winning_firms", 0.0)):
         if sds[base] is None:
             continue
         x, f = sub[base].to_numpy(float), sub[follower].to_numpy(float)
         with np.errstate(divide="ignore", invalid="ignore"):
             per = np.where(x > 0, f / x, np.nan)
-        log_sd = (sds["annual_savings"] or 0.0) if follower == "annual_savings_bn" else 0.0
-        for stat, src, scale, extra in ((base, x, None, 0.0), (follower, f, per, log_sd)):
-            lo, hi = predictive_interval(src, sds[base], seed=result.seed, scale=scale, log_sd=extra)
+        for stat, src, scale, log_sd in ((base, x, None, 0.0), (follower, f, per, own)):
+            lo, hi = predictive_interval(src, sds[base], seed=result.seed, scale=scale, log_sd=log_sd)
             doc[stat].update(pi_low=lo, pi_high=hi)
     doc["model_error_sd"] = sds["avg_cut"]
     doc["winner_share_model_error_sd"] = sds["winner_share"]
