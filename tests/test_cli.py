@@ -99,6 +99,33 @@ def test_reproduce_json_contract():
                for r in doc["loro"])
     assert all(r["objective"] <= r["objective_spline"] for r in doc["loro"])
     assert set(doc["refit_control"]) >= {"params", "objective", "avg_cut_mae", "spline_cv_rmse_avg_cut"}
+    # the first batch's published savings (pilot and expansion together) beside the model's
+    (first,) = doc["annual_savings_groups"]
+    assert first["rounds"] == ["pilot", "expansion"] and first["published"] == pytest.approx(25.3)
+    assert first["ci_low"] <= first["mean"] <= first["ci_high"]
+    assert first["error_pct"] == pytest.approx(100 * (first["mean"] / 25.3 - 1))
+
+
+def test_savings_groups_sum_each_replication_over_the_group_rounds(monkeypatch):
+    """A group's savings are summed per replication over its rounds, other rounds left out; a group
+    with a round missing from the run is not reported."""
+    import pandas as pd
+
+    from vbp import metrics
+
+    units = pd.DataFrame({
+        "rep": [0, 0, 0, 1, 1, 1], "round": ["a", "b", "c"] * 2, "unit": range(6),
+        "cut": 0.5, "max_cut": 0.5, "procured": True, "n_winners": 1,
+        "annual_savings": [1e9, 2e9, 40e9, 3e9, 4e9, 40e9], "agreed_value_ref": 1e10})
+    bids = pd.DataFrame({"rep": units["rep"], "round": units["round"], "bid": 1.0, "firm": 0, "won": True})
+    table = {"annual_savings_groups": [{"name": "ab", "rounds": ["a", "b"], "value": 5.0},
+                                       {"name": "ad", "rounds": ["a", "d"], "value": 1.0}]}
+    monkeypatch.setattr(metrics.data, "read_toml", lambda name: table)
+    (row,) = metrics.savings_groups({"units": units, "bids": bids})
+    assert row["name"] == "ab" and row["published"] == 5.0
+    assert row["mean"] == pytest.approx(5.0)  # (1 + 2 + 3 + 4) / 2 replications
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((3.1, 6.9))
+    assert row["error_pct"] == pytest.approx(0.0)
 
 
 def test_run_tiny_with_equilibrium_bidding():

@@ -137,7 +137,10 @@ def _finite(x):
 def _validation(result) -> dict:
     """The checks beside the tables, computed once per command: savings path, leave-one-round-out,
     market dynamics."""
-    return {"savings_path": metrics_savings(result), "loro": calibrated_loro(), "rolling": calibrated_rolling(),
+    from vbp import metrics
+
+    return {"savings_path": metrics_savings(result), "savings_groups": metrics.savings_groups(result.frames),
+            "loro": calibrated_loro(), "rolling": calibrated_rolling(),
             "refit_control": _refit_control(), "dynamics": dynamics_summary(result)}
 
 
@@ -168,6 +171,7 @@ def _result_json(result, rows, per_round, checks: dict) -> dict:
                     "ci_low": _finite(r["avg_cut_ci"][0]), "ci_high": _finite(r["avg_cut_ci"][1])}
                    for r in per_round],
         "savings_path": [{k: _finite(v) for k, v in r.items()} for r in checks["savings_path"]],
+        "annual_savings_groups": [{k: _finite(v) for k, v in r.items()} for r in checks["savings_groups"]],
         "loro": checks["loro"],
         "rolling_origin": checks["rolling"],
         "refit_control": checks["refit_control"],
@@ -306,12 +310,17 @@ def _print_tables(result, rows, per_round, checks: dict) -> None:
     def pair(sim, pub, kind="num"):
         return f"{_fmt(sim, kind)} [{_fmt(pub, kind)}]" if pub is not None else _fmt(sim, kind)
 
+    groups = checks["savings_groups"]
     for r in per_round:
         d.add_row(r["round"], _fmt(r["procured"], "num"),
                   pair(r["winning_products"], r["published_winning_products"]),
                   pair(r["winning_firms"], r["published_winning_firms"]), _fmt(r["winner_share"], "pct"),
                   pair(r["annual_savings_bn"], r["published_annual_savings_bn"], "bn"),
                   pair(r["max_cut"], r["published_max_cut"], "pct"))
+        for g in groups:  # a group's published savings, after the last of its rounds
+            if g["rounds"][-1] == r["round"]:
+                d.add_row(f"  {' + '.join(g['rounds'])}", "", "", "", "",
+                          pair(g["mean"], g["published"], "bn"), "")
     console.print(d)
     path = checks["savings_path"]
     if path:
