@@ -14,6 +14,8 @@ round from round-level facts by this documented, seeded procedure (docs/model.md
    participating provinces by population.
 5. unit costs from the category's cost distribution (fractions of the reference price); originators
    also forgo a brand margin (`originator_premium`), which raises the lowest price they accept.
+6. with `market.bidder_count = "bids"` only (the simulation calls `top_up` once any ceiling from an
+   earlier round is set): entrants are added until as many products can bid as the round counts.
 
 Device rounds use their own structure: stents are one group of products with brand-level demand;
 joints are category x group A/B units (group A = the firms inside the top 85% of cumulative
@@ -34,6 +36,7 @@ from vbp.scenario import AgentParams, MarketParams, Round
 from vbp.strategies import CostDistribution
 
 __all__ = ["Unit", "FirmPool", "Entrants", "make_firm_pool", "generate_units", "cost_distribution", "entrants",
+           "top_up", "can_bid",
            "with_cost_level", "firm_costs", "cost_level_z",
            "JOINT_INTENDED_SHARE"]
 
@@ -198,6 +201,57 @@ def _drug_units(rnd, agents, market, pool, rng) -> list[Unit]:
     # Molecule cost levels, drawn last so that the draws above do not depend on cost_tau_drug.
     level = np.exp(agents.cost_tau_drug * cost_level_z(rng.random(rnd.molecules)))
     return [with_cost_level(u, float(s)) for u, s in zip(units, level)]
+
+
+TOP_UP_LIMIT = 3  # at most this many times the round's products are added as entrants
+
+
+def can_bid(u: Unit) -> np.ndarray:
+    """Which of a drug unit's products can bid: its ceiling is a cap, so a reserve above it cannot."""
+    return u.reserve <= u.ceiling
+
+
+def top_up(units: list[Unit], rnd: Round, agents: AgentParams, pool: FirmPool,
+           rng: np.random.Generator) -> list[Unit]:
+    """A drug round's units with entrants added until as many products can bid as the round's
+    bidding products (published counts are of bids, while some generated entrants are priced out
+    by the ceiling), or until TOP_UP_LIMIT x that many have been added.
+
+    An entrant joins a molecule in proportion to its entrants so far, from the round's firms not
+    already in it, favouring firms with no product that can bid yet; its cost is drawn as the
+    others' at the molecule's cost level, and it lists at the reference price. Units are only
+    appended to, so the first bidders are those of `generate_units`."""
+    products = _products_and_firms(rnd, agents)[0]
+    firms = np.unique(np.concatenate([u.firm for u in units]))
+    dist = cost_distribution(agents, "drug")
+    units = list(units)
+    added = 0
+    while added < TOP_UP_LIMIT * products:
+        deficit = products - sum(int(can_bid(u).sum()) for u in units)
+        if deficit <= 0:
+            break
+        bidding = np.zeros(len(pool.size), dtype=bool)
+        for u in units:
+            bidding[u.firm[can_bid(u)]] = True
+        p = np.array([u.n if u.n < len(firms) else 0 for u in units], dtype=float)
+        if p.sum() <= 0:
+            break
+        where = rng.multinomial(min(deficit, TOP_UP_LIMIT * products - added), p / p.sum())
+        for m in np.flatnonzero(where):
+            u = units[m]
+            free = np.setdiff1d(firms, u.firm)
+            k = min(int(where[m]), len(free))
+            w = pool.size[free] * np.where(bidding[free], 1.0, 20.0)
+            firm = rng.choice(free, size=k, replace=False, p=w / w.sum())
+            cost = firm_costs(dist, rng.random(k), firm, pool, agents.cost_firm_share_drug)
+            cost = cost * u.norm_price * u.cost_scale
+            units[m] = dataclasses.replace(
+                u, ref_price=np.concatenate([u.ref_price, np.full(k, u.norm_price)]),
+                firm=np.concatenate([u.firm, firm]), originator=np.concatenate([u.originator, np.zeros(k, bool)]),
+                cost=np.concatenate([u.cost, cost]), reserve=np.concatenate([u.reserve, cost]),
+                capacity=np.concatenate([u.capacity, _capacity(agents, u.demand, k, rng)]))
+            added += k
+    return units
 
 
 def with_cost_level(u: Unit, level: float) -> Unit:

@@ -22,7 +22,16 @@ import simpy
 from vbp import dynamics, learning, rules, wdp
 from vbp.data import provinces
 from vbp.errors import SimulationError
-from vbp.market import FirmPool, Unit, cost_distribution, entrants, generate_units, make_firm_pool, with_cost_level
+from vbp.market import (
+    FirmPool,
+    Unit,
+    cost_distribution,
+    entrants,
+    generate_units,
+    make_firm_pool,
+    top_up,
+    with_cost_level,
+)
 from vbp.process import procurement_office
 from vbp.records import BidRow, DeliveryRow, EventRow, Replication, TenderRow, UnitRow
 from vbp.scenario import Round, RuleOverrides, Scenario
@@ -31,7 +40,7 @@ from vbp.strategies import BidContext, make_strategy
 __all__ = ["run_replication", "Simulation", "effective_rulebook", "rng_for", "AwardedUnit",
            "bidders_bucket", "bidders_view"]
 
-STREAMS = {"firms": 1, "market": 2, "ties": 3, "supply": 4, "learning": 5, "dynamics": 6}
+STREAMS = {"firms": 1, "market": 2, "ties": 3, "supply": 4, "learning": 5, "dynamics": 6, "top-up": 7}
 
 
 def rng_for(seed: int, rep: int, stream: str, key: str = "") -> np.random.Generator:
@@ -258,6 +267,9 @@ class Simulation:
             units = [dataclasses.replace(with_cost_level(u, ratios[u.index][1]),
                                          ceiling=min(u.ceiling, ratios[u.index][0] * u.norm_price))
                      if u.index < len(ratios) else u for u in units]
+        if rnd.category == "drug" and self.scenario.market.bidder_count == "bids":
+            units = top_up(units, rnd, self.scenario.agents, self.pool,
+                           rng_for(self.seed, self.rep, "top-up", rnd.id))
         return units
 
     def award_round(self, rnd: Round, units: list[Unit]) -> list[AwardedUnit]:

@@ -162,6 +162,11 @@ class MarketParams(_Frozen):
     molecule_value_sigma: float = Field(1.0, ge=0, le=5, description="log-sd of molecule market values within a round")
     bidders_dispersion: float = Field(2.0, gt=0, le=100,
                                       description="gamma shape of bidders per molecule (lower = more uneven)")
+    bidder_count: Literal["entrants", "bids"] = Field(
+        "entrants", description="what a drug round's bidding products and firms are taken to count: "
+                                "'entrants' (those whose cost is above a capped ceiling do not bid; the "
+                                "calibrated convention) or 'bids' (as published: entrants are added until "
+                                "that many products can bid)")
     ceiling_ratio_drug: float = Field(
         1.0, gt=0, le=10, description="ceiling (maximum valid declared price) / pre-VBP reference price of the "
                                       "drug rounds whose ceilings are not documented (ceiling_ratio unset)")
