@@ -64,8 +64,14 @@ def check_target(t: dict) -> None:
 # reproduce and run: the JSON contract
 
 
-def test_reproduce_json_contract():
-    doc = run_json("reproduce", *FAST, "--set", "agents.strategy=cost_plus")
+@pytest.fixture(scope="module")
+def reproduce_doc() -> dict:
+    """`vbp reproduce --json`, cost_plus bidding, two replications: shared by the tests that read it."""
+    return run_json("reproduce", *FAST, "--set", "agents.strategy=cost_plus")
+
+
+def test_reproduce_json_contract(reproduce_doc):
+    doc = reproduce_doc
     rows = targets_by_name(doc)
     assert HEADLINE <= set(rows)
     published = data.read_toml("targets.toml")["headline"]
@@ -104,6 +110,37 @@ def test_reproduce_json_contract():
     assert first["rounds"] == ["pilot", "expansion"] and first["published"] == pytest.approx(25.3)
     assert first["ci_low"] <= first["mean"] <= first["ci_high"]
     assert first["error_pct"] == pytest.approx(100 * (first["mean"] / 25.3 - 1))
+
+
+ROUND_STATS = ("procured", "winning_products", "winning_firms", "winner_share", "annual_savings_bn", "max_cut")
+
+
+def test_reproduce_json_rounds_carry_the_per_round_table(reproduce_doc):
+    """Each round holds the average cut as before and every column of the printed per-round table:
+    simulated mean, 95% interval and the published value (null where none is published)."""
+    published = data.read_toml("targets.toml")["rounds"]
+    for r in reproduce_doc["rounds"]:
+        assert {"round", "published", "mean", "ci_low", "ci_high", *ROUND_STATS} <= set(r)
+        for stat in ROUND_STATS:
+            v = r[stat]
+            assert set(v) == {"mean", "ci_low", "ci_high", "published"}, (r["round"], stat)
+            assert v["ci_low"] <= v["mean"] <= v["ci_high"], (r["round"], stat)
+            assert v["published"] == published.get(r["round"], {}).get(stat), (r["round"], stat)
+    by_round = {r["round"]: r for r in reproduce_doc["rounds"]}
+    assert by_round["batch2"]["winning_firms"]["published"] == 77
+    assert by_round["batch2"]["procured"]["published"] is None  # not in the published table
+
+
+def test_reproduce_json_keys_are_documented(reproduce_doc):
+    """Every top-level key of the reproduce document has a row in docs/outputs.md, in order."""
+    from vbp.cli import RESULT_JSON_KEYS
+    from vbp.clidoc import render_outputs
+
+    assert list(reproduce_doc) == list(RESULT_JSON_KEYS)
+    text = render_outputs()
+    section = text[text.index("## `vbp reproduce --json`"):]
+    for key in reproduce_doc:
+        assert f"| `{key}` |" in section, key
 
 
 def test_savings_groups_sum_each_replication_over_the_group_rounds(monkeypatch):

@@ -18,7 +18,7 @@ import pandas as pd
 
 from vbp import __version__, data
 from vbp.errors import InputError, SimulationError
-from vbp.scenario import flatten, load_raw, load_scenario
+from vbp.scenario import flatten, load_raw, load_scenario, read_toml_file
 
 __all__ = ["main", "cli"]
 
@@ -54,6 +54,10 @@ def cli(debug: bool) -> None:
     """Simulate China's national volume-based procurement (VBP) rounds."""
 
 
+WORKERS_HELP = ("Worker processes (default: all cores this process may use, at most one per "
+                "replication).")
+
+
 def _common(f):
     """Options shared by the commands that simulate."""
     f = click.option("--quiet", is_flag=True, help="No progress bar.")(f)
@@ -68,8 +72,7 @@ def _common(f):
                      help="Write tables and a manifest here; each replication is saved as it finishes.")(f)
     f = click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
                      help="Override a scenario field by dotted path (repeatable); see `vbp params`.")(f)
-    f = click.option("--workers", type=click.IntRange(1, 256), default=None,
-                     help="Worker processes (default: all cores).")(f)
+    f = click.option("--workers", type=click.IntRange(1, 256), default=None, help=WORKERS_HELP)(f)
     f = click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=20181206, show_default=True,
                      help="Root random seed.")(f)
     f = click.option("--replications", "-n", type=click.IntRange(1, 100000), default=10, show_default=True,
@@ -162,14 +165,57 @@ def drug_cut_mae(result, per_round) -> dict | None:
     return {"rounds": sorted(errs), "mae": sum(abs(e) for e in errs.values()) / len(errs)}
 
 
+# The `vbp reproduce --json` / `vbp run --json` document, key by key (docs/outputs.md is rendered from it).
+ROUND_STATS = ("procured", "winning_products", "winning_firms", "winner_share", "annual_savings_bn", "max_cut")
+RESULT_JSON_KEYS = {
+    "drug_cut_mae": "in-sample mean absolute error of the drug rounds' average cuts: `rounds` (those with a "
+                    "published cut), `mae` (share); null when no drug round has one",
+    "targets": "the headline targets the run allows, one object each: `name`, `published`, `mean`, `ci_low`, "
+               "`ci_high` (95% over replications), `tolerance`, `ok` (mean within tolerance)",
+    "rounds": "one object per round, in run order: `round`; the average cut's `published` (null if none), "
+              "`mean`, `ci_low`, `ci_high`; and " + ", ".join(f"`{s}`" for s in ROUND_STATS)
+              + ", each an object `mean`, `ci_low`, `ci_high`, `published` (null if none); columns as in "
+                "`round_metrics.csv`",
+    "savings_path": "realised cumulative savings at the dates of the official statements (national history "
+                    "only, else empty): `date`, `published`, `scope`, `mean`, `ci_low`, `ci_high`, `error_pct`",
+    "annual_savings_groups": "published first-year savings of groups of rounds beside the simulated sum over "
+                             "them: `name`, `rounds`, `published`, `mean`, `ci_low`, `ci_high`, `error_pct`",
+    "loro": "leave-one-round-out checks stored by `vbp calibrate` (empty before one), per drug round: the "
+            "average cut's `published`, `predicted`, `error`, its 95% predictive interval `pi_low`, `pi_high` "
+            "and `covered`; the refit (`refit`, `objective`, `params`, ...); `winner_share_*` likewise",
+    "rolling_origin": "rolling-origin forecasts stored by `vbp calibrate`: per round `trained_on` (earlier "
+                      "rounds), `published`, `predicted`, `error`, and `winner_share_*` likewise",
+    "refit_control": "the stored control refit with no round left out (`params`, `objective`, `avg_cut_mae`, "
+                     "...) and `calibration_objective`; null before a calibration",
+    "dynamics": "market dynamics over the drug rounds (each metric's `mean`, `ci_low`, `ci_high`); null "
+                "unless `market.renewal = \"retender\"` or `dynamics.supply` is on",
+    "scenario": "the scenario's name",
+    "scenario_sha256": "digest of the resolved scenario (calibrated values and `--set` included)",
+    "replications": "replications simulated",
+    "seed": "the root seed",
+    "version": "vbp version",
+    "wall_s": "wall time of the simulation, seconds",
+    "solve_s": "optimizer time summed over replications, seconds",
+}
+
+
+def _round_json(r: dict) -> dict:
+    """One round of the JSON document: the average cut as before, then each other statistic of the
+    per-round table with its interval and published value."""
+    row = {"round": r["round"], "published": _finite(r["published_avg_cut"]), "mean": _finite(r["avg_cut"]),
+           "ci_low": _finite(r["avg_cut_ci"][0]), "ci_high": _finite(r["avg_cut_ci"][1])}
+    for col in ROUND_STATS:
+        row[col] = {"mean": _finite(r[col]), "ci_low": _finite(r[col + "_ci"][0]),
+                    "ci_high": _finite(r[col + "_ci"][1]), "published": _finite(r.get("published_" + col))}
+    return row
+
+
 def _result_json(result, rows, per_round, checks: dict) -> dict:
     return {
         "drug_cut_mae": checks["drug_cut_mae"],
         "targets": [{k: _finite(r[k]) for k in ("name", "published", "mean", "ci_low", "ci_high",
                                                  "tolerance", "ok")} for r in rows],
-        "rounds": [{"round": r["round"], "published": r["published_avg_cut"], "mean": _finite(r["avg_cut"]),
-                    "ci_low": _finite(r["avg_cut_ci"][0]), "ci_high": _finite(r["avg_cut_ci"][1])}
-                   for r in per_round],
+        "rounds": [_round_json(r) for r in per_round],
         "savings_path": [{k: _finite(v) for k, v in r.items()} for r in checks["savings_path"]],
         "annual_savings_groups": [{k: _finite(v) for k, v in r.items()} for r in checks["savings_groups"]],
         "loro": checks["loro"],
@@ -436,13 +482,20 @@ def run_cmd(scenario, replications, seed, workers, overrides, out, resume, as_js
 @click.argument("round_file", metavar="ROUND.toml")
 @click.option("--replications", "-n", type=click.IntRange(1, 100000), default=20, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=20181206, show_default=True)
-@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Worker processes.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None, help=WORKERS_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document on stdout (keys in docs/outputs.md).")
 @click.option("--out", type=click.Path(file_okay=False), help="Write tables and a manifest here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def forecast(round_file, replications, seed, workers, overrides, as_json, out, quiet):
-    """Predict a round's outcomes from its inputs (ROUND.toml), with 95% intervals."""
+    """Predict a round's outcomes from its inputs (ROUND.toml), with 95% intervals.
+
+    ROUND.toml holds one [round] table of the round's inputs only (bid date, molecules, bidding firms
+    and products, rulebook, market value, ...), as in experiments/forecasts/ (see docs/tutorial.md and
+    docs/validation.md); `vbp check ROUND.toml` validates one. --json prints one document, described
+    in docs/outputs.md.
+    """
     from vbp.forecast import run_forecast
     from vbp.output import prepare_out_dir, write_run
 
@@ -497,7 +550,8 @@ def forecast(round_file, replications, seed, workers, overrides, as_json, out, q
 @click.option("--replications", "-n", type=click.IntRange(1, 1000), default=4, show_default=True,
               help="Replications per design point (the same seeds at every point).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=20181206, show_default=True)
-@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Worker processes.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Worker processes (default: all cores this process may use).")
 @click.option("--group", "groups", multiple=True, type=click.Choice(["drug", "stent", "joint", "insulin"]),
               help="Calibrate only these parameter groups (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
@@ -591,11 +645,44 @@ def show(name):
     click.echo((data.scenario_dir() / f"{name}.toml").read_text(encoding="utf-8"), nl=False)
 
 
+def _is_forecast_file(ref: str) -> bool:
+    """A TOML file holding a forecast's `[round]` table (read by `vbp forecast`), not a scenario's
+    `rounds` list. Anything unreadable is left to the scenario loader to report."""
+    path = Path(ref)
+    if ref in data.embedded_scenarios() or not path.is_file():
+        return False
+    try:
+        doc = read_toml_file(path)
+    except InputError:
+        return False
+    return "round" in doc and "rounds" not in doc
+
+
 @cli.command()
 @click.argument("scenario")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field.")
 def check(scenario, overrides):
-    """Validate SCENARIO and print a summary, or what is wrong (exit 2)."""
+    """Validate SCENARIO and print a summary, or what is wrong (exit 2).
+
+    SCENARIO is an embedded name, a scenario TOML file, or a forecast round file (a [round] table,
+    as `vbp forecast` reads), which is validated as a forecast.
+    """
+    if _is_forecast_file(scenario):
+        from vbp.forecast import load_forecast
+
+        s = load_forecast(scenario, tuple(overrides))
+        r = s.rounds[0]
+
+        def opt(value, unit=""):
+            return "unset" if value is None else f"{value}{unit}"
+
+        click.echo(f"ok: forecast round file: {r.id} ({r.name}, {r.category}), bid {r.bid_date}, rulebook "
+                   f"{r.rulebook}, {r.molecules} molecules/units, bidding firms {opt(r.bidding_firms)}, bidding "
+                   f"products {opt(r.bidding_products)}, market value {r.market_value_bn} bn, "
+                   + (f"ceiling ratio {r.ceiling_ratio}, " if r.ceiling_ratio is not None else "")
+                   + f"cut base {r.cut_base}; horizon {s.start} .. {s.end}, "
+                   f"sha256 {s.digest()[:12]}")
+        return
     s = load_scenario(scenario, overrides)
     click.echo(f"ok: {s.name}: {len(s.rounds)} rounds "
                f"({s.rounds[0].bid_date} .. {s.rounds[-1].bid_date}), horizon {s.start} .. {s.end}, "

@@ -2,7 +2,8 @@
 
 `python -m vbp.clidoc > docs/cli.md` regenerates the command reference (from the click objects);
 `python -m vbp.clidoc outputs > docs/outputs.md` the output tables' columns (from vbp/records.py
-and vbp/metrics.py). Tests check both files are current.
+and vbp/metrics.py) and the --json documents' keys (from vbp/forecast.py and vbp/cli.py). Tests
+check both files are current.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _fields(cls) -> list[tuple[str, str, str]]:
 
 
 def render_outputs() -> str:
-    """Markdown reference of the tables a run writes with --out."""
+    """Markdown reference of the tables a run writes with --out, and of the --json documents."""
     from vbp import metrics, records
 
     lines = ["# Output tables", "",
@@ -94,6 +95,13 @@ def render_outputs() -> str:
     lines += ["## `vbp forecast --json`", "", "One JSON document (also `summary.json` of `vbp forecast --out`).",
               "", "| key | meaning |", "|---|---|"]
     lines += [f"| `{k}` | {v} |" for k, v in JSON_KEYS.items()]
+    from vbp.cli import RESULT_JSON_KEYS
+
+    lines += ["", "## `vbp reproduce --json`, `vbp run --json`", "",
+              "One JSON document (also `summary.json` of `vbp reproduce --out` and `vbp run --out`). Shares "
+              "are fractions, money is CNY bn; a number that could not be computed is null.", "",
+              "| key | meaning |", "|---|---|"]
+    lines += [f"| `{k}` | {v} |" for k, v in RESULT_JSON_KEYS.items()]
     lines.append("")
     return "\n".join(lines)
 
