@@ -95,6 +95,17 @@ def test_the_savings_own_error_widens_their_interval_in_proportion_and_nothing_e
     assert alone["pi_high"] / alone["mean"] == pytest.approx(np.exp(1.96 * 0.4), rel=0.3)
 
 
+def test_predictive_intervals_stay_in_their_statistics_range(monkeypatch):
+    """A model error far larger than any real one: shares and cuts stay in [0, 1], counts and the
+    savings (cuts against the reference under a ceiling at the reference) stay non-negative."""
+    doc = _forecast_json(monkeypatch, 0.6, share_sd=0.6, savings_sd=0.4)
+    for key in ("avg_cut", "winner_share"):
+        assert 0.0 <= doc[key]["pi_low"] < doc[key]["pi_high"] <= 1.0
+        assert doc[key]["pi_low"] == 0.0 and doc[key]["pi_high"] == 1.0
+    for key in ("winning_firms", "annual_savings_bn"):
+        assert doc[key]["pi_low"] == 0.0 < doc[key]["pi_high"]
+
+
 def test_device_forecasts_carry_no_drug_model_error(tmp_path, monkeypatch):
     import vbp.forecast as fc
     from vbp.forecast import load_forecast

@@ -57,6 +57,22 @@ def test_more_model_error_never_narrows_the_interval(draws, sd, seed):
     assert predictive_interval(draws, sd, seed=seed) == (lo1, hi1)  # seeded: the same every time
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=30), st.floats(0.0, 0.5), st.integers(0, 2**31))
+def test_bounds_clip_the_interval_and_nothing_else(draws, sd, seed):
+    """Within [0, 1] the interval is the unbounded one clipped: its ends never leave the range,
+    and an end inside it does not move."""
+    free = predictive_interval(draws, sd, seed=seed)
+    lo, hi = predictive_interval(draws, sd, seed=seed, bounds=(0.0, 1.0))
+    assert 0.0 <= lo <= hi <= 1.0
+    assert (lo, hi) == pytest.approx(tuple(np.clip(free, 0.0, 1.0)))
+
+
+def test_a_share_near_its_bound_keeps_its_interval_inside():
+    lo, hi = predictive_interval([0.98] * 10, 0.05, seed=3, bounds=(0.0, 1.0))
+    assert hi == 1.0 and lo == pytest.approx(0.98 - 1.96 * 0.05, abs=0.005)
+
+
 ROWS = [{"round": "a", "published": 0.52, "predicted": 0.54}, {"round": "b", "published": 0.59, "predicted": 0.67},
         {"round": "c", "published": 0.53, "predicted": 0.50}, {"round": "d", "published": 0.48, "predicted": 0.59}]
 DRAWS = {k: np.random.default_rng(i).normal(0.5, s, 20)

@@ -136,6 +136,13 @@ def forecast_summary(result: RunResult) -> dict:
     # moves the savings in proportion (savings / cut per replication) and is joined there by their
     # own proportional error, and in the winner share, which moves the winning firms in proportion
     # (winning firms = share x the replication's bidders)
+    # Each interval stays within what its statistic can be: a price is never negative, so a cut is
+    # at most 1 and at least 1 - the ceiling over the cut's base (0 against the ceiling, where the
+    # savings cannot be negative either); a share lies in [0, 1], a count is never negative.
+    rnd = result.scenario.rounds[0]
+    floor = 0.0 if rnd.cut_base == "ceiling" else min(0.0, 1.0 - result.scenario.market.ceiling(rnd))
+    bounds = {"avg_cut": (floor, 1.0), "annual_savings_bn": (0.0 if floor == 0.0 else -np.inf, np.inf),
+              "winner_share": (0.0, 1.0), "winning_firms": (0.0, np.inf)}
     for base, follower, own in (("avg_cut", "annual_savings_bn", sds["annual_savings"] or 0.0),
                                 ("winner_share", "winning_firms", 0.0)):
         if sds[base] is None:
@@ -144,7 +151,8 @@ def forecast_summary(result: RunResult) -> dict:
         with np.errstate(divide="ignore", invalid="ignore"):
             per = np.where(x > 0, f / x, np.nan)
         for stat, src, scale, log_sd in ((base, x, None, 0.0), (follower, f, per, own)):
-            lo, hi = predictive_interval(src, sds[base], seed=result.seed, scale=scale, log_sd=log_sd)
+            lo, hi = predictive_interval(src, sds[base], seed=result.seed, scale=scale, log_sd=log_sd,
+                                         bounds=bounds[stat])
             doc[stat].update(pi_low=lo, pi_high=hi)
     doc["model_error_sd"] = sds["avg_cut"]
     doc["winner_share_model_error_sd"] = sds["winner_share"]

@@ -34,14 +34,17 @@ def structural_sd(errors: Sequence[float], replication_sds: Sequence[float]) -> 
 
 
 def predictive_interval(draws: Sequence[float], sd: float, *, seed: int, scale: Sequence[float] | None = None,
-                        level: float = 0.95, log_sd: float = 0.0) -> tuple[float, float]:
+                        level: float = 0.95, log_sd: float = 0.0,
+                        bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float]:
     """Central `level` interval of (draw_r + scale_r · ε) · exp(η), ε ~ N(0, sd²), η ~ N(0, log_sd²),
-    over the replications' draws.
+    over the replications' draws, within `bounds`.
 
     `scale` converts the error into the statistic's units per draw (1 for the cut itself; a
     replication's savings / cut for savings, which move in proportion to the cut). `log_sd` is a
     proportional error independent of ε (the savings' error beyond the cut's: the agreed value).
-    With sd = log_sd = 0 this is the replication interval.
+    With sd = log_sd = 0 this is the replication interval. The normal error knows nothing of a
+    statistic's range (a share lies in [0, 1]), so the interval is clipped to `bounds`: the same as
+    clipping every draw, since percentiles commute with a monotone map.
     """
     x = np.asarray(draws, dtype=float)
     ok = np.isfinite(x)
@@ -52,13 +55,13 @@ def predictive_interval(draws: Sequence[float], sd: float, *, seed: int, scale: 
         return float("nan"), float("nan")
     tail = 100 * (1 - level) / 2
     if sd <= 0 and log_sd <= 0:
-        lo, hi = np.percentile(x, [tail, 100 - tail])
-        return float(lo), float(hi)
-    rng = np.random.default_rng(seed)
-    y = x[:, None] + k[:, None] * (rng.standard_normal((x.size, SAMPLES)) * sd if sd > 0 else 0.0)
-    if log_sd > 0:
-        y = y * np.exp(rng.standard_normal((x.size, SAMPLES)) * log_sd)
-    lo, hi = np.percentile(y, [tail, 100 - tail])
+        y = x
+    else:
+        rng = np.random.default_rng(seed)
+        y = x[:, None] + k[:, None] * (rng.standard_normal((x.size, SAMPLES)) * sd if sd > 0 else 0.0)
+        if log_sd > 0:
+            y = y * np.exp(rng.standard_normal((x.size, SAMPLES)) * log_sd)
+    lo, hi = np.clip(np.percentile(y, [tail, 100 - tail]), *bounds)
     return float(lo), float(hi)
 
 
