@@ -40,9 +40,9 @@ import datetime as dt
 import hashlib
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.interpolate import RBFInterpolator
@@ -50,7 +50,7 @@ from scipy.optimize import minimize
 from scipy.stats import qmc
 
 from vbp import data, metrics
-from vbp.errors import SimulationError
+from vbp.errors import InputError, SimulationError
 from vbp.executors import open_executor, run_tasks
 from vbp.model import run_replication
 from vbp.records import to_frames
@@ -690,11 +690,30 @@ def _run_tasks(tasks: list, workers: int, progress) -> list[dict]:
     return out
 
 
+def fitted_paths() -> set[str]:
+    """Every parameter some group fits, by dotted path."""
+    return {p.path for g in GROUPS for p in g.params}
+
+
+def _with_fixed(raw: dict, fixed: Sequence[tuple[str, Any]]) -> dict:
+    """The scenario with the fixed settings a calibration is made under (`vbp calibrate --set`);
+    a fitted parameter cannot be one of them."""
+    clash = sorted({path for path, _ in fixed} & fitted_paths())
+    if clash:
+        raise InputError("a fitted parameter cannot be fixed: it is what the calibration estimates",
+                         field="--set", value=clash[0])
+    return apply_overrides(raw, list(fixed))
+
+
 def calibrate(*, reps: int = 4, seed: int = 20181206, workers: int = 2, groups: tuple[str, ...] | None = None,
-              progress: Callable[[str, int, int], None] | None = None) -> list[GroupFit]:
-    """Calibrate every parameter group of the national-history scenario (prior values as base)."""
+              progress: Callable[[str, int, int], None] | None = None,
+              fixed: Sequence[tuple[str, Any]] = ()) -> list[GroupFit]:
+    """Calibrate every parameter group of the national-history scenario (prior values as base),
+    under the `fixed` settings (dotted path, value), if any: a model variant to fit."""
     # Start from the uncalibrated priors, whatever an earlier calibration wrote.
     raw, file = load_raw("national-history", calibrated=False)
+    raw = _with_fixed(raw, fixed)
+    scenario_from_raw(raw, file)  # a bad setting fails here, before any simulation
     base = json.loads(json.dumps(raw, default=str))
     chosen = [g for g in GROUPS if groups is None or g.name in groups]
     return [calibrate_group(g, base, file, reps=reps * g.reps_scale, seed=seed, workers=workers,
@@ -702,7 +721,8 @@ def calibrate(*, reps: int = 4, seed: int = 20181206, workers: int = 2, groups: 
             for g in chosen]
 
 
-def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict:
+def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int,
+            fixed: Sequence[tuple[str, Any]] = ()) -> dict:
     """The calibration file's content: parameters, provenance, per-moment fit, LORO.
 
     Parameter values are written in full (TOML floats round-trip exactly): the recorded fit, the
@@ -712,6 +732,8 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
     params = {}
     for f in fits:
         params.update(f.params)
+    # Settings the fit was made under are part of what the simulation must use with it.
+    params.update({path: value for path, value in fixed})
     doc = {
         "meta": {"date": dt.date.today().isoformat(), "command": command, "seed": seed,
                  "replications_per_point": reps,
@@ -720,7 +742,8 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
                            "quadratic around that, the best simulated point kept; held-out refits by the same "
                            "procedure on their kept moments (spline refinement on the global design, then a "
                            "trust region of their own)",
-                 "note": "savings are not moments; the cumulative savings path is validated out of sample"},
+                 "note": "savings are not moments; the cumulative savings path is validated out of sample",
+                 "fixed": [f"{path}={value}" for path, value in fixed]},
         "parameters": params,
         "fit": {},
         "loro": [],
@@ -733,6 +756,7 @@ def to_toml(fits: list[GroupFit], *, command: str, seed: int, reps: int) -> dict
             "command": command,
             "date": doc["meta"]["date"],
             "parameters": {k: v for k, v in params.items() if k in f.params},
+            **({"fixed": {path: value for path, value in fixed}} if fixed else {}),
             "why": {p.path: p.why for g in GROUPS if g.name == f.group for p in g.params},
             "priors": {p.path: {"value": p.prior, "log_sd": p.prior_sd}
                        for g in GROUPS if g.name == f.group for p in g.params if p.prior is not None},
@@ -772,7 +796,8 @@ def _rounded_row(row: dict) -> dict:
 MODEL_ERROR_REPS = 20
 
 
-def model_error(fits: list[GroupFit], *, seed: int, workers: int, reps: int = MODEL_ERROR_REPS) -> dict | None:
+def model_error(fits: list[GroupFit], *, seed: int, workers: int, reps: int = MODEL_ERROR_REPS,
+                fixed: Sequence[tuple[str, Any]] = ()) -> dict | None:
     """The drug average cut's structural error, from the leave-one-round-out residuals, and the
     same for the share of bidding firms that win (`winner_share`).
 
@@ -789,6 +814,7 @@ def model_error(fits: list[GroupFit], *, seed: int, workers: int, reps: int = MO
     if drug is None or not drug.loro:
         return None
     raw, file = load_raw("national-history", calibrated=False)
+    raw = _with_fixed(raw, fixed)
     params = {k: v for f in fits for k, v in f.params.items()}
     scenario = scenario_from_raw(apply_overrides(raw, list(params.items())), file)
     result = run(scenario, replications=reps, seed=seed, workers=workers)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from vbp import __version__, data
 from vbp.errors import InputError, SimulationError
-from vbp.scenario import flatten, load_raw, load_scenario, read_toml_file
+from vbp.scenario import flatten, load_raw, load_scenario, parse_override, read_toml_file
 
 __all__ = ["main", "cli"]
 
@@ -554,8 +554,11 @@ def forecast(round_file, replications, seed, workers, overrides, as_json, out, q
               help="Worker processes (default: all cores this process may use).")
 @click.option("--group", "groups", multiple=True, type=click.Choice(["drug", "stent", "joint", "insulin"]),
               help="Calibrate only these parameter groups (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Fit under this setting of a parameter that is not fitted (a model variant; repeatable). "
+                   "It is written with the fitted parameters, so the simulation uses both.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def calibrate(out, replications, seed, workers, groups, quiet):
+def calibrate(out, replications, seed, workers, groups, overrides, quiet):
     """Fit the structural parameters to the published moments (simulated method of moments)."""
     import tomli_w
 
@@ -573,19 +576,28 @@ def calibrate(out, replications, seed, workers, groups, quiet):
         if not quiet:
             click.echo(f"  {group}: {done}/{total} points simulated", err=True)
 
-    fits = cal.calibrate(reps=replications, seed=seed, workers=workers or default_workers(),
-                         groups=tuple(groups) or None, progress=progress)
-    command = ["vbp", "calibrate", *(f"--group {g}" for g in groups), f"-n {replications}", f"--seed {seed}"]
-    command += [f"--workers {workers}"] if workers else []
-    doc = cal.to_toml(fits, command=" ".join(command), seed=seed, reps=replications)
-    if any(f.group == "drug" for f in fits):
-        if not quiet:
-            click.echo(f"  model error: {cal.MODEL_ERROR_REPS} replications of the calibrated history", err=True)
-        doc["model_error"] = cal.model_error(fits, seed=seed, workers=workers or default_workers())
-    if groups and path.exists():  # keep the other groups' results
+    fixed = [parse_override(text) for text in overrides]
+    old = None
+    if groups and path.exists():  # the other groups' results are kept: they must share the settings
         import tomllib
 
         old = tomllib.loads(path.read_text(encoding="utf-8"))
+        before = old.get("meta", {}).get("fixed", [])
+        if sorted(before) != sorted(f"{p}={v}" for p, v in fixed):
+            raise InputError(f"its other groups were fitted under --set {' '.join(before) or '(none)'}; "
+                             "calibrate every group, or give the same --set", file=str(path), field="meta.fixed",
+                             value=before)
+    fits = cal.calibrate(reps=replications, seed=seed, workers=workers or default_workers(),
+                         groups=tuple(groups) or None, progress=progress, fixed=fixed)
+    command = ["vbp", "calibrate", *(f"--group {g}" for g in groups), *(f"--set {t}" for t in overrides),
+               f"-n {replications}", f"--seed {seed}"]
+    command += [f"--workers {workers}"] if workers else []
+    doc = cal.to_toml(fits, command=" ".join(command), seed=seed, reps=replications, fixed=fixed)
+    if any(f.group == "drug" for f in fits):
+        if not quiet:
+            click.echo(f"  model error: {cal.MODEL_ERROR_REPS} replications of the calibrated history", err=True)
+        doc["model_error"] = cal.model_error(fits, seed=seed, workers=workers or default_workers(), fixed=fixed)
+    if old is not None:
         old.setdefault("parameters", {}).update(doc["parameters"])
         old.setdefault("fit", {}).update(doc["fit"])
         if "drug" in groups:
