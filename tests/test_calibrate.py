@@ -402,3 +402,56 @@ def test_savings_error_is_the_log_residual_of_savings_per_cut(monkeypatch):
     assert doc["groups_checked"] == 3 and doc["covered"] == sum(g["covered"] for g in doc["groups"])
     # a's interval, from the others' residuals only (both 0), is a point: it misses
     assert rows["a"]["sd_without_group"] == 0 and not rows["a"]["covered"]
+
+
+def test_a_calibration_under_a_fixed_setting_fits_with_it_and_writes_it(monkeypatch):
+    """`vbp calibrate --set PATH=VALUE`: every group is fitted on the scenario with the setting, and
+    the file holds it beside the fitted parameters (so the simulation uses both) and in its meta."""
+    import vbp.scenario as scen
+
+    seen = {}
+
+    def fake(group, base, file, *, reps, seed, workers, progress=None):
+        seen[group.name] = base["market"]["bidder_count"]
+        return cal.GroupFit(group=group.name, params={"agents.cost_median_stent": 0.02}, moments=[],
+                            design_u=np.zeros((1, 1)), design_y=np.zeros((1, 1)), coef=np.zeros((1, 1)), r2={},
+                            objective_surrogate=0.0, confirmed={}, objective=0.0, loro=[], point="p")
+
+    monkeypatch.setattr(cal, "calibrate_group", fake)
+    fixed = [("market.bidder_count", "bids")]
+    fits = cal.calibrate(reps=1, groups=("stent",), fixed=fixed)
+    assert seen == {"stent": "bids"}
+    doc = cal.to_toml(fits, command="c", seed=1, reps=1, fixed=fixed)
+    assert doc["parameters"] == {"agents.cost_median_stent": 0.02, "market.bidder_count": "bids"}
+    assert doc["meta"]["fixed"] == ["market.bidder_count=bids"]
+    assert doc["fit"]["stent"]["fixed"] == {"market.bidder_count": "bids"}
+    # the simulation takes the setting from the file with the fitted values
+    monkeypatch.setattr(scen, "calibrated_parameters", lambda: doc["parameters"])
+    s = scen.load_scenario("national-history")
+    assert s.market.bidder_count == "bids" and s.agents.cost_median_stent == 0.02
+
+
+def test_a_fitted_parameter_cannot_be_fixed():
+    from vbp.errors import InputError
+
+    with pytest.raises(InputError, match="fitted parameter") as err:
+        cal.calibrate(reps=1, groups=("stent",), fixed=[("agents.cost_median_drug", 0.2)])
+    assert err.value.field == "--set" and err.value.value == "agents.cost_median_drug"
+
+
+def test_calibrate_cli_keeps_other_groups_only_under_the_same_setting(tmp_path):
+    from click.testing import CliRunner
+
+    from vbp import data
+    from vbp.cli import cli
+
+    out = tmp_path / "calibration.toml"
+    text = (data.data_dir() / "calibration.toml").read_text(encoding="utf-8")
+    out.write_text(text, encoding="utf-8")
+    r = CliRunner().invoke(cli, ["calibrate", "--group", "stent", "--set", "market.bidder_count=bids",
+                                 "--out", str(out), "--quiet"])
+    assert r.exit_code == 2
+    assert "meta.fixed" in r.output and "same --set" in r.output
+    assert out.read_text(encoding="utf-8") == text  # nothing written
+    bad = CliRunner().invoke(cli, ["calibrate", "--set", "market.bidder_count=all", "--out", str(out), "--quiet"])
+    assert bad.exit_code == 2 and "bidder_count" in bad.output and "all" in bad.output
