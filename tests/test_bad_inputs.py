@@ -98,6 +98,14 @@ ARG_CASES: list[tuple[list[str], tuple[str, ...]]] = [
     (["check", T, "--set", "agents.strategy=psychic"], ("agents.strategy", "psychic")),
     (["check", T, "--set", "rounds.batch2.rulebook=nosuch"], ("rounds.batch2.rulebook", "nosuch")),
     (["check", T, "--set", "rounds.batch2.ceiling_from=stents"], ("rounds.batch2.ceiling_from", "stents")),
+    (["check", T, "--set", "rounds.batch2.bidding_products=3"],
+     ("--set", "rounds.batch2.bidding_products", "3", "4", "molecules")),
+    (["check", T, "--set", "rounds.stents.bidding_products=5"],
+     ("--set", "rounds.stents.bidding_products", "rounds.stents.bidding_firms", "11", "5")),
+    (["check", T, "--set", "rounds.stents.rulebook=batch2"],
+     ("--set", "rounds.stents.rulebook", "batch2", "multi_winner", "stent")),
+    (["check", T, "--set", "rounds.batch2.rulebook=stent"],
+     ("--set", "rounds.batch2.rulebook", "stent", "single_winner", "multi_winner")),
     (["run", T, "--set", "agents.markupp=1"], ("agents.markupp",)),
     (["reproduce", "--set", "rounds.batch99.molecules=3"], ("rounds.batch99",)),
     (["run", T, "-n", "-1"], ("--replications", "-1")),
@@ -243,3 +251,156 @@ def test_debug_shows_a_traceback_in_a_real_process():
     debug = _vbp("--debug", "check", path)
     assert debug.returncode == 2
     assert "Traceback" in debug.stderr and "InputError" in debug.stderr
+
+
+# --- counts of bidders, rulebook kinds, and --set named as the source of its own mistakes ---------
+
+BATCH8 = HERE.parent / "experiments" / "forecasts" / "batch8.toml"
+
+
+def _batch8(tmp_path: Path, *changes: tuple[str, str]) -> str:
+    """batch8.toml with each (line start, replacement line) changed, written to tmp_path."""
+    lines = BATCH8.read_text(encoding="utf-8").splitlines()
+    for start, new in changes:
+        hits = [i for i, line in enumerate(lines) if line.startswith(start)]
+        assert len(hits) == 1, start
+        lines[hits[0]] = new
+    path = tmp_path / "round.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_fewer_bidding_products_than_molecules_is_refused(tmp_path):
+    path = _batch8(tmp_path, ("molecules =", "molecules = 50"), ("bidding_products =", "bidding_products = 10"),
+                   ("bidding_firms =", "bidding_firms = 5"))
+    for args in (["check", path], ["forecast", path, "-n", "1", "--json"]):
+        assert_bad_input(invoke(*args), "round.bidding_products", "10", "50", "molecule", file=path)
+
+
+def test_more_bidding_firms_than_products_is_refused(tmp_path):
+    path = _batch8(tmp_path, ("bidding_firms =", "bidding_firms = 400"))
+    assert_bad_input(invoke("check", path), "round.bidding_firms", "400", "366", file=path)
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text('end = "2022-12-31"\nrounds = [{ from = "batch5", bidding_firms = 356 }]\n',
+                        encoding="utf-8")
+    assert_bad_input(invoke("check", str(scenario)), "rounds.batch5.bidding_firms", "356", "355",
+                     file=str(scenario))
+
+
+def test_bidder_counts_at_their_limits_are_accepted():
+    from vbp.scenario import load_scenario
+
+    s = load_scenario(TINY, ["rounds.batch2.bidding_products=4", "rounds.batch2.bidding_firms=4",
+                             "rounds.stents.bidding_products=11"])
+    assert (s.round("batch2").bidding_products, s.round("stents").bidding_products) == (4, 11)
+
+
+@pytest.mark.parametrize("rnd", ["pilot", "batch2", "stents", "joints", "insulin"])
+@pytest.mark.parametrize("book", ["pilot", "batch4_9", "stent", "joint", "insulin"])
+def test_a_round_takes_only_rulebooks_of_its_category(rnd, book):
+    from vbp.scenario import CATEGORY_KINDS, load_scenario
+
+    base = load_scenario("national-history")
+    category, kind = base.round(rnd).category, base.rulebook(book).kind
+    override = f"rounds.{rnd}.rulebook={book}"
+    if kind in CATEGORY_KINDS[category]:
+        assert load_scenario("national-history", [override]).round(rnd).rulebook == book
+        return
+    with pytest.raises(InputError) as err:
+        load_scenario("national-history", [override])
+    text = str(err.value)
+    assert f"rounds.{rnd}.rulebook" in text and repr(kind) in text and category in text, text
+    assert text.startswith("--set: ") and "(embedded)" not in text, text
+
+
+def test_every_category_has_a_rulebook_kind_it_fits():
+    from vbp.rules import RULEBOOK_KINDS
+    from vbp.scenario import CATEGORY_KINDS, Round
+
+    assert set(CATEGORY_KINDS) == set(Round.model_fields["category"].annotation.__args__)
+    assert {k for kinds in CATEGORY_KINDS.values() for k in kinds} == set(RULEBOOK_KINDS)
+
+
+def test_a_device_round_file_under_a_drug_rulebook_is_refused(tmp_path):
+    path = tmp_path / "stents.toml"
+    path.write_text("""[round]
+id = "stents2"
+name = "stents again"
+category = "stent"
+rulebook = "batch10"
+bid_date = "2025-01-01"
+supply_lag_months = 2
+molecules = 1
+bidding_firms = 11
+bidding_products = 26
+market_value_bn = 12.3
+reference_price_yuan = 11495
+""", encoding="utf-8")
+    result = invoke("forecast", str(path), "-n", "1", "--json")
+    assert_bad_input(result, "round.rulebook", "batch10", "multi_winner", "stent", file=str(path))
+    fixed = path.read_text(encoding="utf-8").replace('"batch10"', '"stent"')
+    path.write_text(fixed, encoding="utf-8")
+    assert invoke("check", str(path)).exit_code == 0
+
+
+def test_a_set_mistake_names_set_not_the_forecast_file():
+    result = invoke("forecast", str(BATCH8), "--set", "agents.cost_median_drug=abc", "-n", "1")
+    assert_bad_input(result, "agents.cost_median_drug", "abc")
+    assert result.stderr.startswith("error: --set: agents.cost_median_drug: "), result.stderr
+    assert "batch8.toml" not in result.stderr
+
+
+def test_a_set_mistake_names_set_not_the_embedded_scenario():
+    result = invoke("reproduce", "--set", "rules.volume_share_4plus=2", "-n", "1")
+    assert_bad_input(result, "rules.volume_share_4plus", "2")
+    assert result.stderr.startswith("error: --set: rules.volume_share_4plus: "), result.stderr
+    assert "embedded" not in result.stderr
+
+
+@pytest.mark.parametrize(("override", "needles"), [
+    ("rounds.batch2.molecules=20", ("rounds.batch2.molecules", "rounds.batch2.bidding_products", "20")),
+    ("agents.capacity_low=3", ("agents.capacity_low", "capacity_high")),
+    ("rounds.batch2.bid_date=2020-12-01", ("rounds.batch2.bid_date", "date order")),
+    ("start=2022-01-01", ("start", "end")),
+])
+def test_a_mistake_across_fields_caused_by_set_names_set(tmp_path, override, needles):
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text('end = "2021-12-31"\nrounds = [{ from = "batch2", molecules = 4, bidding_firms = 14, '
+                        'bidding_products = 19 }, "stents"]\n', encoding="utf-8")
+    result = invoke("check", str(scenario), "--set", override)
+    assert_bad_input(result, "--set", *needles)
+    assert str(scenario) not in result.stderr
+
+
+def test_file_mistakes_still_name_the_file_beside_set_mistakes(tmp_path):
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text('end = "2022-12-31"\nrounds = ["batch2"]\n[agents]\nmarkup = -1\n', encoding="utf-8")
+    result = invoke("check", str(scenario), "--set", "agents.cost_sigma_drug=0")
+    assert_bad_input(result, "agents.markup", "-1", "agents.cost_sigma_drug", file=str(scenario))
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"error: {scenario}: 2 problems in the scenario", result.stderr
+    assert "  - agents.markup: " in lines[1] and lines[2].startswith("  - --set: agents.cost_sigma_drug: ")
+    fixed = invoke("check", str(scenario), "--set", "agents.markup=0.3")  # a --set may mend the file
+    assert fixed.exit_code == 0, fixed.stderr
+
+
+def test_set_reaches_a_forecast_round_as_round():
+    from vbp.forecast import load_forecast
+
+    short = load_forecast(BATCH8, ("round.molecules=45",))
+    long = load_forecast(BATCH8, ("rounds.batch8.molecules=45",))
+    assert short.rounds[0].molecules == 45 and short.digest() == long.digest()
+    result = invoke("check", str(BATCH8), "--set", "round.molecules=45")
+    assert result.exit_code == 0 and "45 molecules" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(("override", "needles"), [
+    ("round.molecule=45", ("round.molecule", "did you mean 'molecules'")),
+    ("round.molecules=400", ("round.molecules", "round.bidding_products", "366", "400")),
+    ("round.rulebook=joint", ("round.rulebook", "joint", "multi_winner")),
+    ("round=3", ("round", "is a table")),
+])
+def test_bad_set_on_a_forecast_round_names_it_as_written(override, needles):
+    result = invoke("check", str(BATCH8), "--set", override)
+    assert_bad_input(result, "--set", *needles)
+    assert "batch8.toml" not in result.stderr and "rounds.batch8" not in result.stderr, result.stderr

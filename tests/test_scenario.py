@@ -179,3 +179,25 @@ def test_every_calibrated_parameter_reaches_the_scenario():
     for path, value in fitted.items():
         assert on[path] == value, path
     assert any(on[p] != off[p] for p in fitted)
+
+
+def test_scenario_with_overrides_is_the_overridden_scenario_and_blames_only_set():
+    from vbp.scenario import scenario_with_overrides
+
+    raw, file = load_raw("national-history")
+    sets = [("agents.markup", 0.4), ("rounds.batch2.molecules", 30)]
+    assert scenario_with_overrides(raw, sets, file) == load_scenario(
+        "national-history", ["agents.markup=0.4", "rounds.batch2.molecules=30"])
+    assert scenario_with_overrides(raw, [], file) == scenario_from_raw(raw, file)
+    with pytest.raises(InputError) as err:
+        scenario_with_overrides(raw, [("agents.markup", -1)], file)
+    assert err.value.file == "--set" and file not in str(err.value)
+
+
+def test_apply_overrides_names_a_path_as_written():
+    raw, _ = load_raw("national-history")
+    with pytest.raises(InputError) as err:
+        apply_overrides(raw, [("rounds.batch2.molecule", 3)], labels=["round.molecule"])
+    assert err.value.field == "round.molecule"
+    assert apply_overrides(raw, [("rounds.batch2.molecules", 3)], labels=["round.molecules"])[
+        "rounds"]["batch2"]["molecules"] == 3

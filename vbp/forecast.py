@@ -3,6 +3,8 @@
 A forecast file holds one `[round]` table with the same fields as a scenario's inline round
 (date, molecules, bidding firms and products, rulebook, market value if known) and, optionally,
 `[agents]`, `[market]`, `[rules]` overrides. The calibrated parameters apply as in any scenario.
+A `--set` override reaches the round's fields as `round.FIELD` (or `rounds.<id>.FIELD`, as in a
+scenario), e.g. `--set round.molecules=45`.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from vbp.predictive import predictive_interval
 from vbp.scenario import (
     Round,
     Scenario,
-    apply_overrides,
     parse_override,
     read_toml_file,
     resolve_raw,
     scenario_from_raw,
+    scenario_with_overrides,
 )
 
 __all__ = ["load_forecast", "forecast_summary", "run_forecast", "calibrated_model_error", "STATS",
@@ -56,7 +58,9 @@ JSON_KEYS = {
 
 
 def load_forecast(path: str | Path, overrides: tuple[str, ...] = ()) -> Scenario:
-    """Read a forecast file into a one-round scenario."""
+    """Read a forecast file into a one-round scenario, with `--set` overrides: `round.FIELD` is the
+    file's round (`rounds.<id>.FIELD`). Mistakes in the file name the file; those the overrides
+    bring name `--set`."""
     file = str(path)
     doc = read_toml_file(Path(path))
     allowed = {"round", "agents", "market", "dynamics", "rules", "optimizer", "rulebooks"}
@@ -97,7 +101,16 @@ def load_forecast(path: str | Path, overrides: tuple[str, ...] = ()) -> Scenario
         raise InputError(text.replace("rounds[0]", "round")) from None
     if not overrides:
         return scenario
-    return scenario_from_raw(apply_overrides(raw, [parse_override(o) for o in overrides]), file)
+    rid = scenario.rounds[0].id
+    sets, labels = [], []
+    for item in overrides:
+        where, value = parse_override(item)
+        if where == "round" or where.startswith("round."):  # the file's [round] table
+            sets.append((f"rounds.{rid}{where[len('round'):]}", value))
+        else:
+            sets.append((where, value))
+        labels.append(where)
+    return scenario_with_overrides(raw, sets, file, labels=labels, alias=(f"rounds.{rid}", "round"))
 
 
 def calibrated_model_error(stat: str = "avg_cut") -> float | None:

@@ -29,11 +29,23 @@ __all__ = [
     "Round", "DeviceGroup", "AgentParams", "MarketParams", "DynamicsParams", "RuleOverrides", "OptimizerParams",
     "Scenario",
     "load_scenario", "resolve_raw", "apply_overrides", "parse_override", "read_toml_file",
-    "scenario_from_raw", "flatten", "describe", "calibrated_parameters", "MAX_FILE_BYTES",
+    "scenario_from_raw", "scenario_with_overrides", "flatten", "describe", "calibrated_parameters",
+    "MAX_FILE_BYTES", "CATEGORY_KINDS",
 ]
 
 MAX_FILE_BYTES = 1_000_000
 MAX_DEPTH = 12
+
+# The rulebook kinds a round of each category can be awarded under: the market generator builds a
+# round's units by category (drug molecules without brand shares, device and insulin units with
+# them) and the award and the allocation follow those units, so drug rules apply to drug rounds and
+# each device or insulin rule to its own category only.
+CATEGORY_KINDS: dict[str, tuple[str, ...]] = {
+    "drug": ("single_winner", "multi_winner"),
+    "stent": ("stent",),
+    "joint": ("joint",),
+    "insulin": ("insulin",),
+}
 
 
 class FieldProblem(ValueError):
@@ -87,6 +99,18 @@ class Round(_Frozen):
     def _joint_groups(self):
         if self.category == "joint" and not self.groups:
             raise FieldProblem("groups", "a joint round needs its product categories in `groups`")
+        return self
+
+    @model_validator(mode="after")
+    def _bidder_counts(self):
+        products, firms = self.bidding_products, self.bidding_firms
+        if products is not None and products < self.molecules:
+            raise FieldProblem("bidding_products", f"{products} bidding products for {self.molecules} molecules: "
+                               "every listed molecule needs at least one bidding product "
+                               "(bidding_products >= molecules)")
+        if products is not None and firms is not None and firms > products:
+            raise FieldProblem("bidding_firms", f"{firms} bidding firms but {products} bidding products: "
+                               "every bidding firm bids at least one product (bidding_firms <= bidding_products)")
         return self
 
     @field_validator("provinces")
@@ -269,12 +293,18 @@ class Scenario(_Frozen):
             raise FieldProblem("rounds", "no rounds to simulate")
         if self.end <= self.start:
             raise FieldProblem("end", f"end {self.end} is not after start {self.start}")
-        names = {rb.name for rb in self.rulebooks}
+        books = {rb.name: rb for rb in self.rulebooks}
         ids = [r.id for r in self.rounds]
         for r in self.rounds:
-            if r.rulebook not in names:
+            if r.rulebook not in books:
                 raise FieldProblem(f"rounds.{r.id}.rulebook",
-                                   f"unknown rulebook {r.rulebook!r}{did_you_mean(r.rulebook, names)}")
+                                   f"unknown rulebook {r.rulebook!r}{did_you_mean(r.rulebook, books)}")
+            kind, fits = books[r.rulebook].kind, CATEGORY_KINDS[r.category]
+            if kind not in fits:
+                raise FieldProblem(f"rounds.{r.id}.rulebook",
+                                   f"rulebook {r.rulebook!r} is of kind {kind!r}, which does not fit a "
+                                   f"{r.category} round; a {r.category} round takes a rulebook of kind "
+                                   + " or ".join(repr(k) for k in fits))
             if not self.start <= r.bid_date <= self.end:
                 raise FieldProblem(f"rounds.{r.id}.bid_date",
                                    f"bid_date {r.bid_date} outside {self.start}..{self.end}")
@@ -500,18 +530,22 @@ def parse_override(text: str) -> tuple[str, Any]:
         except ValueError:
             parsed = value
     if isinstance(parsed, float) and not math.isfinite(parsed):
-        raise InputError(f"value must be a finite number, got {value}", field=path, value=value)
+        raise InputError(f"value must be a finite number, got {value}", file="--set", field=path, value=value)
     return path, parsed
 
 
-def apply_overrides(raw: dict, overrides: Sequence[tuple[str, Any]], file: str = "--set") -> dict:
-    """Set each dotted path in the resolved dict; the path must already exist."""
+def apply_overrides(raw: dict, overrides: Sequence[tuple[str, Any]], file: str = "--set",
+                    labels: Sequence[str] | None = None) -> dict:
+    """Set each dotted path in the resolved dict; the path must already exist. `labels` are the
+    paths as the user wrote them (e.g. a forecast's `round.molecules` for `rounds.<id>.molecules`),
+    used in messages; by default the paths themselves."""
     raw = copy.deepcopy(raw)
-    for path, value in overrides:
+    for i, (path, value) in enumerate(overrides):
+        label = path if labels is None else labels[i]
         node: Any = raw
         parts = path.split(".")
         for depth, part in enumerate(parts):
-            where = ".".join(parts[: depth + 1])
+            where = _as_written(parts[: depth + 1], parts, label)
             if not isinstance(node, dict) or part not in node:
                 choices = list(node) if isinstance(node, dict) else []
                 raise InputError(f"no such parameter{did_you_mean(part, choices)}"
@@ -526,33 +560,110 @@ def apply_overrides(raw: dict, overrides: Sequence[tuple[str, Any]], file: str =
     return raw
 
 
-def scenario_from_raw(raw: dict, file: str) -> Scenario:
-    """Validate a resolved dict into a Scenario, or raise InputError listing every problem."""
+def _as_written(head: list[str], parts: list[str], label: str) -> str:
+    """The leading `head` of path `parts` as written in `label`, which may spell a prefix of the
+    path shorter (a forecast's `round.` for `rounds.<id>.`): the rest of the path is the same."""
+    written = label.split(".")
+    if written == parts:
+        return ".".join(head)
+    keep = len(head) - (len(parts) - len(written))
+    return ".".join(written[: max(keep, 1)])
+
+
+def _validated(raw: dict) -> Scenario:
     payload = dict(raw)
     payload["rounds"] = list(raw["rounds"].values())
     payload["rulebooks"] = list(raw["rulebooks"].values())
+    return Scenario.model_validate(payload)
+
+
+def _problems(exc: ValidationError, raw: dict) -> list[tuple[str, str]]:
+    """Each validation error as (dotted field path, or '' for the whole scenario; message with the
+    value given)."""
+    problems = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        if loc and loc[0] in ("rounds", "rulebooks") and len(loc) > 1 and isinstance(loc[1], int):
+            keys = list(raw[loc[0]])
+            loc[1] = keys[loc[1]] if loc[1] < len(keys) else loc[1]
+        path = ".".join(str(p) for p in loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, FieldProblem):  # a check across fields that knows which one is wrong
+            path, msg = ".".join(p for p in (path, cause.path) if p), str(cause)
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key{did_you_mean(str(loc[-1]), _allowed_keys(loc))}"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        problems.append((path, f"{msg}{shown}"))
+    return problems
+
+
+def _input_error(lines: list[tuple[str, str]]) -> InputError:
+    """One InputError for (source, text) lines, the source being the file or `--set`."""
+    if len(lines) == 1:  # one problem, one line
+        return InputError(lines[0][1], file=lines[0][0])
+    head = next((src for src, _ in lines if src != "--set"), "--set")  # the file if it is at fault
+    problems = [text if src == head else f"{src}: {text}" for src, text in lines]
+    return InputError(f"{len(lines)} problems in the scenario", file=head, problems=problems)
+
+
+def scenario_from_raw(raw: dict, file: str) -> Scenario:
+    """Validate a resolved dict into a Scenario, or raise InputError listing every problem."""
     try:
-        return Scenario.model_validate(payload)
+        return _validated(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = list(err["loc"])
-            if loc and loc[0] in ("rounds", "rulebooks") and len(loc) > 1 and isinstance(loc[1], int):
-                keys = list(raw[loc[0]])
-                loc[1] = keys[loc[1]] if loc[1] < len(keys) else loc[1]
-            path = ".".join(str(p) for p in loc) or "(scenario)"
-            msg = err["msg"].removeprefix("Value error, ")
-            cause = err.get("ctx", {}).get("error")
-            if isinstance(cause, FieldProblem):  # a check across fields that knows which one is wrong
-                path, msg = ".".join(p for p in (path if loc else "", cause.path) if p), str(cause)
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown key{did_you_mean(str(loc[-1]), _allowed_keys(loc))}"
-            value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {value!r})"
-            problems.append(f"{path}: {msg}{shown}")
-        if len(problems) == 1:  # one problem, one line
-            raise InputError(problems[0], file=file) from None
-        raise InputError(f"{len(problems)} problems in the scenario", file=file, problems=problems) from None
+        problems = _problems(exc, raw)
+    raise _input_error([(file, f"{path or '(scenario)'}: {text}") for path, text in problems])
+
+
+def _related(path: str, target: str) -> bool:
+    """True when field `path` is `target`, holds it or lies inside it."""
+    return bool(path) and (path == target or target.startswith(path + ".") or path.startswith(target + "."))
+
+
+def scenario_with_overrides(raw: dict, overrides: Sequence[tuple[str, Any]], file: str, *,
+                            labels: Sequence[str] | None = None,
+                            alias: tuple[str, str] | None = None) -> Scenario:
+    """Apply `--set` overrides (path, value) to a resolved dict and validate it.
+
+    A problem the file alone has names the file; a problem the overrides bring names `--set` and
+    the override at fault (as written: `labels`, by default the paths), or the field when no one
+    override is. `alias` (prefix, shown) renames a path prefix in those messages (a forecast's
+    `rounds.<id>` is its `round`)."""
+    if not overrides:
+        return scenario_from_raw(raw, file)
+    labels = [p for p, _ in overrides] if labels is None else list(labels)
+    changed = apply_overrides(raw, overrides, labels=labels)
+    try:
+        return _validated(changed)
+    except ValidationError as exc:
+        problems = _problems(exc, changed)
+    try:
+        _validated(raw)
+        own: list[tuple[str, str]] = []
+    except ValidationError as exc:
+        own = _problems(exc, raw)
+
+    def shown(path: str) -> str:
+        if alias and (path == alias[0] or path.startswith(alias[0] + ".")):
+            return alias[1] + path[len(alias[0]):]
+        return path
+
+    lines = []
+    for path, text in problems:
+        if (path, text) in own:
+            lines.append((file, f"{path or '(scenario)'}: {text}"))
+            continue
+        hits = [(p, label) for (p, _), label in zip(overrides, labels) if _related(path, p)]
+        if not hits and len(overrides) == 1:
+            hits = [(overrides[0][0], labels[0])]
+        where = ", ".join(label for _, label in hits)
+        inside = bool(path) and not any(p == path or p.startswith(path + ".") for p, _ in hits)
+        if inside or not where:  # the message alone does not say which field it is about
+            where = ": ".join(w for w in (where, shown(path)) if w)
+        lines.append(("--set", f"{where}: {text}" if where else text))
+    raise _input_error(lines)
 
 
 def _allowed_keys(loc: list) -> list[str]:
@@ -571,8 +682,7 @@ def load_scenario(ref: str | Path, overrides: Sequence[str] = (), *, calibrated:
     """Load an embedded scenario by name, or a TOML file by path, with `--set` overrides
     (and the calibrated parameters unless `calibrated` is False: the uncalibrated priors)."""
     raw, file = load_raw(ref, calibrated=calibrated)
-    raw = apply_overrides(raw, [parse_override(o) for o in overrides])
-    return scenario_from_raw(raw, file)
+    return scenario_with_overrides(raw, [parse_override(o) for o in overrides], file)
 
 
 def load_raw(ref: str | Path, *, calibrated: bool = True) -> tuple[dict, str]:
