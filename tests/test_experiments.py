@@ -83,3 +83,39 @@ def test_cut_definitions_over_molecules_is_the_models_own_average_cut(run_dir):
     own = metrics.round_metrics(frames["units"], frames["bids"]).groupby("round")["avg_cut"].mean()
     assert len(own) > 0
     np.testing.assert_allclose(table.loc[own.index, "molecules"].to_numpy(), own.to_numpy(), rtol=1e-12)
+
+
+compare = _load("experiments/bidder_count/compare.py")
+
+
+def test_calibration_record_reads_the_files_own_figures():
+    doc = {"fit": {"drug": {"objective": 3.0, "moments": [
+        {"name": "a.avg_cut", "error": 0.01}, {"name": "b.avg_cut", "error": -0.03},
+        {"name": "a.winner_share", "error": 0.1}, {"name": "a.max_cut", "error": 0.5}]}},
+        "loro": [{"error": 0.02}, {"error": -0.04}],
+        "loro_winner_share": [{"error": 0.06}],
+        "rolling": [{"stat": "avg_cut", "error": 0.01}, {"stat": "winner_share", "error": 0.3}],
+        "model_error": {"covered": 2, "avg_cut_sd": 0.05, "winner_share": {"covered": 1}}}
+    r = compare.record(doc)
+    assert r["drug objective"] == 3.0
+    assert r["in-sample cut MAE, pts (fit's replications)"] == pytest.approx(2.0)
+    assert r["in-sample winner share MAE, pts"] == pytest.approx(10.0)
+    assert r["LORO cut MAE, pts"] == pytest.approx(3.0) and r["LORO cuts covered"] == 2
+    assert r["LORO winner share MAE, pts"] == pytest.approx(6.0)
+    assert r["rolling-origin cut MAE, pts"] == pytest.approx(1.0)  # the winner-share row is not a cut
+
+
+def test_calibration_comparison_simulates_the_files_parameters_and_settings(monkeypatch):
+    seen = {}
+
+    def fake_run(scenario, **kw):
+        seen["bidder_count"] = scenario.market.bidder_count
+        seen["cost"] = scenario.agents.cost_median_drug
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(compare, "run", fake_run)
+    doc = {"parameters": {"agents.cost_median_drug": 0.3, "market.bidder_count": "bids"},
+           "fit": {"drug": {"moments": []}}}
+    with pytest.raises(RuntimeError, match="stop"):
+        compare.simulate(doc, 2, 1, 1)
+    assert seen == {"bidder_count": "bids", "cost": 0.3}

@@ -54,7 +54,7 @@ from vbp.errors import InputError, SimulationError
 from vbp.executors import open_executor, run_tasks
 from vbp.model import run_replication
 from vbp.records import to_frames
-from vbp.scenario import Scenario, apply_overrides, load_raw, scenario_from_raw
+from vbp.scenario import Scenario, apply_overrides, load_raw, scenario_from_raw, scenario_with_overrides
 from vbp.strategies import cache_dir, source_digest
 
 if TYPE_CHECKING:
@@ -700,7 +700,7 @@ def _with_fixed(raw: dict, fixed: Sequence[tuple[str, Any]]) -> dict:
     a fitted parameter cannot be one of them."""
     clash = sorted({path for path, _ in fixed} & fitted_paths())
     if clash:
-        raise InputError("a fitted parameter cannot be fixed: it is what the calibration estimates",
+        raise InputError(f"{clash[0]} is fitted, so it cannot be fixed: it is what the calibration estimates",
                          field="--set", value=clash[0])
     return apply_overrides(raw, list(fixed))
 
@@ -712,8 +712,8 @@ def calibrate(*, reps: int = 4, seed: int = 20181206, workers: int = 2, groups: 
     under the `fixed` settings (dotted path, value), if any: a model variant to fit."""
     # Start from the uncalibrated priors, whatever an earlier calibration wrote.
     raw, file = load_raw("national-history", calibrated=False)
+    scenario_with_overrides(raw, list(fixed), file)  # a bad setting fails here, named as --set
     raw = _with_fixed(raw, fixed)
-    scenario_from_raw(raw, file)  # a bad setting fails here, before any simulation
     base = json.loads(json.dumps(raw, default=str))
     chosen = [g for g in GROUPS if groups is None or g.name in groups]
     return [calibrate_group(g, base, file, reps=reps * g.reps_scale, seed=seed, workers=workers,
