@@ -73,7 +73,7 @@ def test_top_up_stops_at_its_limit_when_nobody_can_bid():
     out = top_up(units, rnd, s.agents, sim.pool, np.random.default_rng(0))
     products = sum(u.n for u in units)
     added = sum(v.n for v in out) - products
-    assert 0 < added <= TOP_UP_LIMIT * products
+    assert added == TOP_UP_LIMIT * products  # every entrant is priced out: the cap stops it
     assert not any(can_bid(v).any() for v in out)
 
 

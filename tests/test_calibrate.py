@@ -437,6 +437,8 @@ def test_a_fitted_parameter_cannot_be_fixed():
     with pytest.raises(InputError, match="agents.cost_median_drug is fitted") as err:
         cal.calibrate(reps=1, groups=("stent",), fixed=[("agents.cost_median_drug", 0.2)])
     assert err.value.field == "--set" and err.value.value == "agents.cost_median_drug"
+    with pytest.raises(InputError, match="not a model setting"):  # read by nothing that simulates
+        cal.calibrate(reps=1, groups=("stent",), fixed=[("end", "2022-12-31")])
 
 
 def test_calibrate_cli_keeps_other_groups_only_under_the_same_setting(tmp_path):
@@ -455,3 +457,53 @@ def test_calibrate_cli_keeps_other_groups_only_under_the_same_setting(tmp_path):
     assert out.read_text(encoding="utf-8") == text  # nothing written
     bad = CliRunner().invoke(cli, ["calibrate", "--set", "market.bidder_count=all", "--out", str(out), "--quiet"])
     assert bad.exit_code == 2 and "--set" in bad.output and "bidder_count" in bad.output and "all" in bad.output
+
+
+def test_stored_calibration_settings_compare_by_value_and_a_bad_file_is_an_input_error(tmp_path):
+    from vbp.cli import _stored_calibration
+    from vbp.errors import InputError
+
+    f = tmp_path / "c.toml"
+    f.write_text('[meta]\nfixed = ["market.ceiling_ratio_drug=1.0", "market.bidder_count=bids"]\n')
+    same = [("market.bidder_count", "bids"), ("market.ceiling_ratio_drug", 1)]  # 1 and 1.0 are one value
+    assert _stored_calibration(f, same)["meta"]["fixed"][1] == "market.bidder_count=bids"
+    with pytest.raises(InputError, match="same --set"):
+        _stored_calibration(f, [("market.bidder_count", "bids")])
+    f.write_text('[meta]\nfixed = "market.bidder_count=bids"\n')
+    with pytest.raises(InputError) as err:
+        _stored_calibration(f, [])
+    assert err.value.field == "meta.fixed"
+    f.write_text("[meta\n")
+    with pytest.raises(InputError):
+        _stored_calibration(f, [])
+
+
+def test_calibrate_cli_merges_into_the_file_as_it_is_when_it_writes(tmp_path, monkeypatch):
+    """Another group written to the file while this one was fitted is kept, not overwritten by the
+    copy read at the start; refitting every group replaces the file whatever it was fitted under."""
+    from click.testing import CliRunner
+
+    from vbp.cli import cli
+
+    out = tmp_path / "calibration.toml"
+    out.write_text('[meta]\nfixed = []\n[parameters]\n"agents.cost_median_joint" = 0.1\n[fit]\n')
+
+    def fake_calibrate(*, groups=None, fixed=(), **kw):
+        # meanwhile, another run writes its group into the file
+        out.write_text('[meta]\nfixed = []\n[parameters]\n"agents.cost_median_joint" = 0.2\n[fit]\n')
+        return [cal.GroupFit(group="stent", params={"agents.cost_median_stent": 0.02}, moments=[],
+                             design_u=np.zeros((1, 1)), design_y=np.zeros((1, 1)), coef=np.zeros((1, 1)),
+                             r2={}, objective_surrogate=0.0, confirmed={}, objective=0.0, loro=[], point="p")]
+
+    monkeypatch.setattr(cal, "calibrate", fake_calibrate)
+    r = CliRunner().invoke(cli, ["calibrate", "--group", "stent", "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    doc = tomllib.loads(out.read_text())
+    assert doc["parameters"] == {"agents.cost_median_joint": 0.2, "agents.cost_median_stent": 0.02}
+    # every group named: nothing is kept, so a file fitted under other settings is no obstacle
+    out.write_text('[meta]\nfixed = ["market.bidder_count=bids"]\n[parameters]\n"x.y" = 1\n[fit]\n')
+    monkeypatch.setattr(cal, "model_error", lambda *a, **k: None)
+    every = [a for g in ("drug", "stent", "joint", "insulin") for a in ("--group", g)]
+    r = CliRunner().invoke(cli, ["calibrate", *every, "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert tomllib.loads(out.read_text())["parameters"] == {"agents.cost_median_stent": 0.02}

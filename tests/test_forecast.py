@@ -41,13 +41,14 @@ def test_forecast_json_contract():
     assert doc["savings_model_error_sd"] > 0
 
 
-def _forecast_json(monkeypatch, sd, share_sd=0.0, savings_sd=0.0):
+def _forecast_json(monkeypatch, sd, share_sd=0.0, savings_sd=0.0, *sets):
     import vbp.forecast as fc
 
     sds = {"avg_cut": sd, "winner_share": share_sd, "annual_savings": savings_sd}
     monkeypatch.setattr(fc, "calibrated_model_error", lambda stat="avg_cut": sds[stat])
+    extra = [a for s in sets for a in ("--set", s)]
     r = CliRunner().invoke(cli, ["forecast", str(FORECASTS / "batch9.toml"), "-n", "4", "--workers", "1",
-                                 "--json", "--set", "agents.strategy=cost_plus"])
+                                 "--json", "--set", "agents.strategy=cost_plus", *extra])
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
 
@@ -104,6 +105,14 @@ def test_predictive_intervals_stay_in_their_statistics_range(monkeypatch):
         assert doc[key]["pi_low"] == 0.0 and doc[key]["pi_high"] == 1.0
     for key in ("winning_firms", "annual_savings_bn"):
         assert doc[key]["pi_low"] == 0.0 < doc[key]["pi_high"]
+    assert doc["winning_firms"]["pi_high"] <= 262  # never more than the bidders (batch 9: 262 firms)
+    # against the reference, under a ceiling at most the reference, the cut is not negative either
+    ref = _forecast_json(monkeypatch, 0.6, 0.0, 0.0, "round.cut_base=reference", "market.ceiling_ratio_drug=0.9")
+    assert ref["avg_cut"]["pi_low"] == 0.0 and ref["annual_savings_bn"]["pi_low"] == 0.0
+    # a ceiling 20% above the reference lets a cut reach -20%, and the savings go negative with it
+    above = _forecast_json(monkeypatch, 0.6, 0.0, 0.0, "round.cut_base=reference", "market.ceiling_ratio_drug=1.2")
+    assert above["avg_cut"]["pi_low"] == pytest.approx(-0.2)
+    assert above["annual_savings_bn"]["pi_low"] < 0.0
 
 
 def test_device_forecasts_carry_no_drug_model_error(tmp_path, monkeypatch):

@@ -186,8 +186,11 @@ def test_scenario_with_overrides_is_the_overridden_scenario_and_blames_only_set(
 
     raw, file = load_raw("national-history")
     sets = [("agents.markup", 0.4), ("rounds.batch2.molecules", 30)]
-    assert scenario_with_overrides(raw, sets, file) == load_scenario(
-        "national-history", ["agents.markup=0.4", "rounds.batch2.molecules=30"])
+    got = scenario_with_overrides(raw, sets, file)
+    assert got.agents.markup == 0.4 and got.rounds[[r.id for r in got.rounds].index("batch2")].molecules == 30
+    plain = scenario_from_raw(raw, file)
+    assert plain.agents.markup != 0.4 and got.agents == plain.agents.model_copy(update={"markup": 0.4})
+    assert got.market == plain.market and got.rulebooks == plain.rulebooks
     assert scenario_with_overrides(raw, [], file) == scenario_from_raw(raw, file)
     with pytest.raises(InputError) as err:
         scenario_with_overrides(raw, [("agents.markup", -1)], file)

@@ -698,6 +698,11 @@ def fitted_paths() -> set[str]:
 def _with_fixed(raw: dict, fixed: Sequence[tuple[str, Any]]) -> dict:
     """The scenario with the fixed settings a calibration is made under (`vbp calibrate --set`);
     a fitted parameter cannot be one of them."""
+    sections = ("agents", "market", "dynamics", "rules", "optimizer", "rounds", "rulebooks")
+    loose = [path for path, _ in fixed if path.split(".")[0] not in sections]
+    if loose:
+        raise InputError(f"{loose[0]} is not a model setting: a calibration can fix only paths under "
+                         + ", ".join(sections), field="--set", value=loose[0])
     clash = sorted({path for path, _ in fixed} & fitted_paths())
     if clash:
         raise InputError(f"{clash[0]} is fitted, so it cannot be fixed: it is what the calibration estimates",
@@ -712,8 +717,9 @@ def calibrate(*, reps: int = 4, seed: int = 20181206, workers: int = 2, groups: 
     under the `fixed` settings (dotted path, value), if any: a model variant to fit."""
     # Start from the uncalibrated priors, whatever an earlier calibration wrote.
     raw, file = load_raw("national-history", calibrated=False)
+    raw_fixed = _with_fixed(raw, fixed)
     scenario_with_overrides(raw, list(fixed), file)  # a bad setting fails here, named as --set
-    raw = _with_fixed(raw, fixed)
+    raw = raw_fixed
     base = json.loads(json.dumps(raw, default=str))
     chosen = [g for g in GROUPS if groups is None or g.name in groups]
     return [calibrate_group(g, base, file, reps=reps * g.reps_scale, seed=seed, workers=workers,

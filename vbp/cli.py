@@ -577,16 +577,11 @@ def calibrate(out, replications, seed, workers, groups, overrides, quiet):
             click.echo(f"  {group}: {done}/{total} points simulated", err=True)
 
     fixed = [parse_override(text) for text in overrides]
-    old = None
-    if groups and path.exists():  # the other groups' results are kept: they must share the settings
-        import tomllib
-
-        old = tomllib.loads(path.read_text(encoding="utf-8"))
-        before = old.get("meta", {}).get("fixed", [])
-        if sorted(before) != sorted(f"{p}={v}" for p, v in fixed):
-            raise InputError(f"its other groups were fitted under --set {' '.join(before) or '(none)'}; "
-                             "calibrate every group, or give the same --set", file=str(path), field="meta.fixed",
-                             value=before)
+    # Some groups only, into an existing file: the others' results are kept, so they must have
+    # been fitted under the same settings. Checked now, and again on the file as it is at the end.
+    partial = bool(groups) and set(groups) != {g.name for g in cal.GROUPS} and path.exists()
+    if partial:
+        _stored_calibration(path, fixed)
     fits = cal.calibrate(reps=replications, seed=seed, workers=workers or default_workers(),
                          groups=tuple(groups) or None, progress=progress, fixed=fixed)
     command = ["vbp", "calibrate", *(f"--group {g}" for g in groups), *(f"--set {t}" for t in overrides),
@@ -597,7 +592,8 @@ def calibrate(out, replications, seed, workers, groups, overrides, quiet):
         if not quiet:
             click.echo(f"  model error: {cal.MODEL_ERROR_REPS} replications of the calibrated history", err=True)
         doc["model_error"] = cal.model_error(fits, seed=seed, workers=workers or default_workers(), fixed=fixed)
-    if old is not None:
+    if partial:
+        old = _stored_calibration(path, fixed)
         old.setdefault("parameters", {}).update(doc["parameters"])
         old.setdefault("fit", {}).update(doc["fit"])
         if "drug" in groups:
@@ -620,6 +616,19 @@ def calibrate(out, replications, seed, workers, groups, overrides, quiet):
         band = f"  (local 95%: {unc['low95'][k]:.4g} – {unc['high95'][k]:.4g})" if unc else ""
         click.echo(f"{k} = {v}{band}")
     click.echo(f"wrote {path}")
+
+
+def _stored_calibration(path: Path, fixed: list[tuple[str, object]]) -> dict:
+    """An existing calibration file whose groups were fitted under the settings `fixed`."""
+    old = read_toml_file(path)
+    before = old.get("meta", {}).get("fixed", [])
+    if not isinstance(before, list) or not all(isinstance(t, str) for t in before):
+        raise InputError("expected a list of PATH=VALUE texts", file=str(path), field="meta.fixed", value=before)
+    if dict(parse_override(t) for t in before) != dict(fixed):
+        raise InputError(f"its other groups were fitted under --set {' '.join(before) or '(none)'}; "
+                         "calibrate every group, or give the same --set", file=str(path), field="meta.fixed",
+                         value=before)
+    return old
 
 
 def _default_calibration_path() -> Path:

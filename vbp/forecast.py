@@ -149,13 +149,22 @@ def forecast_summary(result: RunResult) -> dict:
     # moves the savings in proportion (savings / cut per replication) and is joined there by their
     # own proportional error, and in the winner share, which moves the winning firms in proportion
     # (winning firms = share x the replication's bidders)
-    # Each interval stays within what its statistic can be: a price is never negative, so a cut is
-    # at most 1 and at least 1 - the ceiling over the cut's base (0 against the ceiling, where the
-    # savings cannot be negative either); a share lies in [0, 1], a count is never negative.
+    # Each interval stays within what its statistic can be. A price is never negative, so a cut is
+    # at most 1. Where the ceiling is a cap, no price is above it, so a cut is not negative against
+    # the ceiling, nor against the reference while the ceiling is at most the reference (a ceiling
+    # above it lets the cut fall to 1 - ceiling / reference; the tighter 1 - ratio of a ceiling
+    # below the reference is not used, as the ratio is itself fitted); the savings follow the cut's
+    # sign. A share lies in [0, 1]; winning firms are never negative nor more than any
+    # replication's bidding firms.
     rnd = result.scenario.rounds[0]
-    floor = 0.0 if rnd.cut_base == "ceiling" else min(0.0, 1.0 - result.scenario.market.ceiling(rnd))
+    if not result.scenario.rulebook(rnd.rulebook).ceiling_is_cap:
+        floor = -np.inf
+    elif rnd.cut_base == "ceiling":
+        floor = 0.0
+    else:
+        floor = min(0.0, 1.0 - result.scenario.market.ceiling(rnd))
     bounds = {"avg_cut": (floor, 1.0), "annual_savings_bn": (0.0 if floor == 0.0 else -np.inf, np.inf),
-              "winner_share": (0.0, 1.0), "winning_firms": (0.0, np.inf)}
+              "winner_share": (0.0, 1.0), "winning_firms": (0.0, float(sub["bidding_firms"].max()))}
     for base, follower, own in (("avg_cut", "annual_savings_bn", sds["annual_savings"] or 0.0),
                                 ("winner_share", "winning_firms", 0.0)):
         if sds[base] is None:
