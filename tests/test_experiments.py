@@ -119,3 +119,12 @@ def test_calibration_comparison_simulates_the_files_parameters_and_settings(monk
     with pytest.raises(RuntimeError, match="stop"):
         compare.simulate(doc, 2, 1, 1)
     assert seen == {"bidder_count": "bids", "cost": 0.3}
+
+
+def test_the_shipped_bids_calibration_was_fitted_under_its_setting_and_carries_it():
+    doc = compare.read(ROOT / "experiments/bidder_count/calibration-bids.toml")
+    assert doc["meta"]["fixed"] == ["market.bidder_count=bids"]
+    assert doc["parameters"]["market.bidder_count"] == "bids"
+    r = compare.record(doc)
+    assert all(np.isfinite(v) for v in r.values())
+    assert r["LORO cut MAE, pts"] == pytest.approx(100 * np.mean([abs(x["error"]) for x in doc["loro"]]))
