@@ -158,7 +158,7 @@ def test_savings_groups_sum_each_replication_over_the_group_rounds(monkeypatch):
     table = {"annual_savings_groups": [{"name": "ab", "rounds": ["a", "b"], "value": 5.0},
                                        {"name": "ad", "rounds": ["a", "d"], "value": 1.0}]}
     monkeypatch.setattr(metrics.data, "read_toml", lambda name: table)
-    (row,) = metrics.savings_groups({"units": units, "bids": bids})
+    (row,) = metrics.savings_groups(metrics.round_metrics(units, bids))
     assert row["name"] == "ab" and row["published"] == 5.0
     assert row["mean"] == pytest.approx(5.0)  # (1 + 2 + 3 + 4) / 2 replications
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((3.1, 6.9))

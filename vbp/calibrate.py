@@ -695,9 +695,9 @@ def fitted_paths() -> set[str]:
     return {p.path for g in GROUPS for p in g.params}
 
 
-def _with_fixed(raw: dict, fixed: Sequence[tuple[str, Any]]) -> dict:
-    """The scenario with the fixed settings a calibration is made under (`vbp calibrate --set`);
-    a fitted parameter cannot be one of them."""
+def _with_fixed(raw: dict, file: str, fixed: Sequence[tuple[str, Any]]) -> dict:
+    """The scenario with the fixed settings a calibration is made under (`vbp calibrate --set`),
+    validated (a bad value is named as --set); a fitted parameter cannot be one of them."""
     sections = ("agents", "market", "dynamics", "rules", "optimizer", "rounds", "rulebooks")
     loose = [path for path, _ in fixed if path.split(".")[0] not in sections]
     if loose:
@@ -707,6 +707,7 @@ def _with_fixed(raw: dict, fixed: Sequence[tuple[str, Any]]) -> dict:
     if clash:
         raise InputError(f"{clash[0]} is fitted, so it cannot be fixed: it is what the calibration estimates",
                          field="--set", value=clash[0])
+    scenario_with_overrides(raw, list(fixed), file)
     return apply_overrides(raw, list(fixed))
 
 
@@ -717,9 +718,7 @@ def calibrate(*, reps: int = 4, seed: int = 20181206, workers: int = 2, groups: 
     under the `fixed` settings (dotted path, value), if any: a model variant to fit."""
     # Start from the uncalibrated priors, whatever an earlier calibration wrote.
     raw, file = load_raw("national-history", calibrated=False)
-    raw_fixed = _with_fixed(raw, fixed)
-    scenario_with_overrides(raw, list(fixed), file)  # a bad setting fails here, named as --set
-    raw = raw_fixed
+    raw = _with_fixed(raw, file, fixed)  # a bad setting fails here, before any simulation
     base = json.loads(json.dumps(raw, default=str))
     chosen = [g for g in GROUPS if groups is None or g.name in groups]
     return [calibrate_group(g, base, file, reps=reps * g.reps_scale, seed=seed, workers=workers,
@@ -820,7 +819,7 @@ def model_error(fits: list[GroupFit], *, seed: int, workers: int, reps: int = MO
     if drug is None or not drug.loro:
         return None
     raw, file = load_raw("national-history", calibrated=False)
-    raw = _with_fixed(raw, fixed)
+    raw = _with_fixed(raw, file, fixed)
     params = {k: v for f in fits for k, v in f.params.items()}
     scenario = scenario_from_raw(apply_overrides(raw, list(params.items())), file)
     result = run(scenario, replications=reps, seed=seed, workers=workers)

@@ -137,12 +137,12 @@ def _finite(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
-def _validation(result) -> dict:
-    """The checks beside the tables, computed once per command: savings path, leave-one-round-out,
-    market dynamics."""
+def _validation(result, rm: pd.DataFrame) -> dict:
+    """The checks beside the tables, computed once per command: savings path and groups (from the
+    run's round metrics `rm`), leave-one-round-out, market dynamics."""
     from vbp import metrics
 
-    return {"savings_path": metrics_savings(result), "savings_groups": metrics.savings_groups(result.frames),
+    return {"savings_path": metrics_savings(result), "savings_groups": metrics.savings_groups(rm),
             "loro": calibrated_loro(), "rolling": calibrated_rolling(),
             "refit_control": _refit_control(), "dynamics": dynamics_summary(result)}
 
@@ -436,11 +436,11 @@ def _report(result, as_json: bool, out: str | None, kind: str) -> None:
     from vbp import metrics
     from vbp.output import PARTS, prepare_out_dir, write_run
 
-    rows, per_round = metrics.compare(result.frames)
-    checks = {**_validation(result), "drug_cut_mae": drug_cut_mae(result, per_round)}
+    rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])
+    rows, per_round = metrics.compare(result.frames, rm)
+    checks = {**_validation(result, rm), "drug_cut_mae": drug_cut_mae(result, per_round)}
     doc = _result_json(result, rows, per_round, checks)
     if out:
-        rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])
         head = metrics.headline_metrics(result.frames).reset_index()
         path = metrics.savings_path(result.frames["deliveries"])
         write_run(prepare_out_dir(out), kind=kind, scenario=result.scenario, seed=result.seed,

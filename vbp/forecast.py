@@ -145,10 +145,6 @@ def forecast_summary(result: RunResult) -> dict:
     drug = result.scenario.rounds[0].category == "drug"
     sds = {base: calibrated_model_error(base) if drug else None
            for base in ("avg_cut", "winner_share", "annual_savings")}
-    # predictive intervals: replication spread plus the model's structural error in the cut, which
-    # moves the savings in proportion (savings / cut per replication) and is joined there by their
-    # own proportional error, and in the winner share, which moves the winning firms in proportion
-    # (winning firms = share x the replication's bidders)
     # Each interval stays within what its statistic can be. A price is never negative, so a cut is
     # at most 1. Where the ceiling is a cap, no price is above it, so a cut is not negative against
     # the ceiling, nor against the reference while the ceiling is at most the reference (a ceiling
@@ -165,6 +161,10 @@ def forecast_summary(result: RunResult) -> dict:
         floor = min(0.0, 1.0 - result.scenario.market.ceiling(rnd))
     bounds = {"avg_cut": (floor, 1.0), "annual_savings_bn": (0.0 if floor == 0.0 else -np.inf, np.inf),
               "winner_share": (0.0, 1.0), "winning_firms": (0.0, float(sub["bidding_firms"].max()))}
+    # predictive intervals: replication spread plus the model's structural error in the cut, which
+    # moves the savings in proportion (savings / cut per replication) and is joined there by their
+    # own proportional error, and in the winner share, which moves the winning firms in proportion
+    # (winning firms = share x the replication's bidders)
     for base, follower, own in (("avg_cut", "annual_savings_bn", sds["annual_savings"] or 0.0),
                                 ("winner_share", "winning_firms", 0.0)):
         if sds[base] is None:

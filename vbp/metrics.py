@@ -141,8 +141,9 @@ def summarize(values: pd.Series | np.ndarray) -> dict[str, float]:
     return {"mean": float(x.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(len(x))}
 
 
-def compare(frames: dict[str, pd.DataFrame]) -> tuple[list[dict], list[dict]]:
-    """(headline rows, per-round rows): published beside simulated mean and interval."""
+def compare(frames: dict[str, pd.DataFrame], rm: pd.DataFrame | None = None) -> tuple[list[dict], list[dict]]:
+    """(headline rows, per-round rows): published beside simulated mean and interval (`rm`: the
+    frames' `round_metrics`, if already computed)."""
     head = headline_metrics(frames)
     rows = []
     for t in targets():
@@ -154,7 +155,8 @@ def compare(frames: dict[str, pd.DataFrame]) -> tuple[list[dict], list[dict]]:
                      "ci_high": s["ci_high"], "tolerance": tol,
                      "ok": bool(np.isfinite(s["mean"]) and abs(s["mean"] - t.value) <= tol),
                      "description": t.description})
-    rm = round_metrics(frames["units"], frames["bids"])
+    if rm is None:
+        rm = round_metrics(frames["units"], frames["bids"])
     published = round_targets()
     per_round = []
     for rid in dict.fromkeys(rm["round"]):
@@ -172,10 +174,10 @@ def compare(frames: dict[str, pd.DataFrame]) -> tuple[list[dict], list[dict]]:
     return rows, per_round
 
 
-def savings_groups(frames: dict[str, pd.DataFrame]) -> list[dict]:
+def savings_groups(rm: pd.DataFrame) -> list[dict]:
     """Published first-year savings of groups of rounds (targets.toml `annual_savings_groups`, e.g.
-    the first batch's pilot and expansion together) beside the simulated sum over the group's rounds."""
-    rm = round_metrics(frames["units"], frames["bids"])
+    the first batch's pilot and expansion together) beside the simulated sum over the group's rounds,
+    from a run's `round_metrics`."""
     rows = []
     for g in data.read_toml("targets.toml").get("annual_savings_groups", []):
         if not set(g["rounds"]) <= set(rm["round"]):

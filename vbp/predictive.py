@@ -43,8 +43,8 @@ def predictive_interval(draws: Sequence[float], sd: float, *, seed: int, scale: 
     replication's savings / cut for savings, which move in proportion to the cut). `log_sd` is a
     proportional error independent of ε (the savings' error beyond the cut's: the agreed value).
     With sd = log_sd = 0 this is the replication interval. The normal error knows nothing of a
-    statistic's range (a share lies in [0, 1]), so the interval is clipped to `bounds`: the same as
-    clipping every draw, since percentiles commute with a monotone map.
+    statistic's range (a share lies in [0, 1]), so the interval is clipped to `bounds` (as clipping
+    every draw would, up to the interpolation between the two draws around a percentile).
     """
     x = np.asarray(draws, dtype=float)
     ok = np.isfinite(x)
