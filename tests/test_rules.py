@@ -471,6 +471,25 @@ def test_focal_fractions_large_sample_with_ties(rb):
     assert expected.any()  # the sample is not all losers
 
 
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.lists(price, min_size=0, max_size=12), min_size=1, max_size=6),
+       t=st.lists(st.one_of(price, st.just(INF), st.just(-INF)), min_size=1, max_size=9),
+       strict=st.booleans())
+def test_counts_at_or_below_equal_broadcast_comparison(values, t, strict):
+    """The solver's counting shortcut counts what comparing every value with every threshold
+    counts: valid values only, nan thresholds none, ties by `strict`."""
+    from vbp.rules import _counts_at_or_below
+
+    k = min(len(v) for v in values)
+    v = np.array([row[:k] for row in values], float).reshape(len(values), k)
+    valid = np.isfinite(v) & (v > 0)
+    th = np.array(t, float)
+    op = np.less if strict else np.less_equal
+    with np.errstate(invalid="ignore"):
+        expected = (valid[None] & op(v[None], th[:, None, None])).sum(axis=2)
+    assert np.array_equal(_counts_at_or_below(v, valid, th, strict), expected)
+
+
 def test_focal_fractions_refuses_bad_shapes():
     with pytest.raises(ValueError, match="nodes must be 1-D"):
         focal_fractions(BATCH9, np.ones((2, 2)), np.ones((2, 3)), CEILING)

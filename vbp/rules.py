@@ -12,7 +12,7 @@ the ceiling is the maximum valid declared price. The rules are those of the sour
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -436,17 +436,39 @@ def _ranked(rb: Rulebook, k: np.ndarray, n: int, ss: np.ndarray | None, tier: np
         return ranked
 
 
+def _counts_at_or_below(values: np.ndarray, valid: np.ndarray, t: np.ndarray, strict: bool) -> np.ndarray:
+    """(m, S) number of valid `values` (S, k) of each row at or below (below, if `strict`) each
+    of the m thresholds `t`, by sorting the thresholds once: O(S k log m) instead of the
+    O(m S k) comparisons of broadcasting. Integer counts, so exact; nan thresholds count none."""
+    S, k = values.shape
+    m = t.size
+    t = np.where(np.isnan(t), -np.inf, t)
+    order = np.argsort(t, kind="stable")
+    # the first sorted threshold a value counts for: t >= v (t > v when strict)
+    first = np.searchsorted(t[order], values, side="right" if strict else "left")
+    first = np.where(valid, first, m)
+    hist = np.bincount((first + (m + 1) * np.arange(S)[:, None]).ravel(), minlength=S * (m + 1))
+    out = np.empty((m, S), dtype=np.intp)
+    out[order] = np.cumsum(hist.reshape(S, m + 1)[:, :m], axis=1).T
+    return out
+
+
 def focal_fractions(rb: Rulebook, nodes: np.ndarray, rivals: np.ndarray, ceiling: float) -> np.ndarray:
     """(m, S) agreed fraction of a focal bid at each of m `nodes` against each of S rival
     profiles (S, k), with equal demand shares.
 
     Equals `award_fractions(rb, [[x, *r]], ceiling)[:, 0]` for every node x and profile r, bit
-    for bit, without sorting. The focal bid's award depends only on its rank among the valid bids
+    for bit, without sorting the rows. The focal bid's award depends only on its rank among the valid bids
     (it is first in the row, so it wins price ties) and on the row's pattern: how many win, and
     for insulin how many winners fall in each tier. These follow from counts against the lowest
     valid bid, the mean valid bid (anchor gate) and the ceiling. One row per pattern present is
     built in rank order by the same `_ranked` as award_fractions. It is what the equilibrium
     solver evaluates, many thousand profiles per iteration.
+
+    Counts against a threshold f(lowest), f non-decreasing (every gate but the mean anchor), need
+    no (m, S, k) comparison: f(min(x, l)) = min(f(x), f(l)), so the rivals at or below it are the
+    fewer of those at or below f(x), counted for all nodes at once (`_counts_at_or_below`), and
+    those at or below f(l), one count per profile.
     """
     x = np.asarray(nodes, dtype=float)
     r = np.asarray(rivals, dtype=float)
@@ -456,47 +478,47 @@ def focal_fractions(rb: Rulebook, nodes: np.ndarray, rivals: np.ndarray, ceiling
     (m,), (S, k) = x.shape, r.shape
     vx, vr = valid_bids(rb, x, ceiling), valid_bids(rb, r, ceiling)
     n_valid = vx[:, None].astype(int) + vr.sum(axis=1)[None, :]
+    low_x = np.where(vx, x, np.inf)
     low_r = np.where(vr, r, np.inf).min(axis=1) if k else np.full(S, np.inf)
-    lowest = np.minimum(np.where(vx, x, np.inf)[:, None], low_r[None, :])
-    rv = np.where(vr, r, np.nan)[None, :, :]  # invalid rivals compare False
+    lowest = np.minimum(low_x[:, None], low_r[None, :])
 
-    def test(t, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Focal (m, S) and rival (m, S, k) bids <= t, or < t when `strict`; t broadcasts to (m, S)."""
-        t = np.broadcast_to(t, (m, S))
+    def below(f: Callable[[np.ndarray], np.ndarray], strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Threshold f(lowest) (m, S) and the valid bids of each row at or below it (strictly below)."""
+        t = f(lowest)
         op = np.less if strict else np.less_equal
-        return op(x[:, None], t), op(rv, t[:, :, None])
+        own = vx[:, None] & op(x[:, None], t)
+        at_x = _counts_at_or_below(r, vr, f(low_x), strict)
+        at_l = (vr & op(r, f(low_r)[:, None])).sum(axis=1)
+        return t, own + np.minimum(at_x, at_l[None, :])
 
-    def count(*tests: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """Valid bids of each row that pass any of the tests (m, S)."""
-        fx = np.logical_or.reduce([t[0] for t in tests])
-        fr = np.logical_or.reduce([t[1] for t in tests])
-        return (vx[:, None] & fx) + fr.sum(axis=2)
+    def const(v: float) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda a: np.full(np.shape(a), v)
 
     with np.errstate(invalid="ignore"):
-        rank = (rv < x[:, None, None]).sum(axis=2)  # valid rivals strictly below the focal bid
-        if rb.kind == "multi_winner":
-            mean = None
-            if rb.anchor_mean_factor is not None:  # the same sum, in the same order, as award_fractions
-                rows = np.empty((m, S, k + 1))
-                rows[:, :, 0] = np.where(vx, x, 0.0)[:, None]
-                rows[:, :, 1:] = np.where(vr, r, 0.0)[None, :, :]
-                mean = rows.reshape(m * S, k + 1).sum(axis=1).reshape(m, S) / np.maximum(n_valid, 1)
-            eligible = count(test(_gate_threshold(rb, lowest, mean, ceiling)))
+        rank = _counts_at_or_below(r, vr, x, strict=True)  # valid rivals strictly below the focal bid
+        if rb.kind == "multi_winner" and rb.anchor_mean_factor is not None:
+            eligible = _anchor_eligible(rb, x, r, vx, vr, n_valid, lowest, ceiling)
+        elif rb.kind == "multi_winner":
+            eligible = below(lambda a: _gate_threshold(rb, a, None, ceiling))[1]
         elif rb.kind == "stent":  # a shortlist, then a ratio gate or "below the ceiling"
             eligible = np.minimum(n_valid, rb.shortlist or k + 1)
-            tests = [test(rb.gate_ratio * lowest)] if rb.gate_ratio is not None else []
+            passing = None
+            if rb.gate_ratio is not None:
+                t_gate, passing = below(lambda a: rb.gate_ratio * a)
             if rb.win_below_ceiling:
-                tests.append(test(ceiling, strict=True))
-            if tests:
-                eligible = np.minimum(eligible, count(*tests))
+                under = below(const(ceiling), strict=True)[1]
+                # either test: {b <= t} and {b < ceiling} are nested, so the union is the larger
+                passing = under if passing is None else np.where(t_gate >= ceiling, passing, under)
+            if passing is not None:
+                eligible = np.minimum(eligible, passing)
         elif rb.kind == "joint" and rb.gate_ratio is not None:
-            eligible = count(test(rb.gate_ratio * lowest))
+            eligible = below(lambda a: rb.gate_ratio * a)[1]
         else:
             eligible = n_valid
         if rb.kind == "insulin":  # winners in tier A1 or A (c1 + 1) and in A1 to B (c12 + 1)
             none = np.zeros_like(n_valid)
-            n_a = count(test(rb.tier_ratio * lowest)) if rb.tier_ratio is not None else none
-            n_b = count(test((1.0 - rb.tier_b_cut) * ceiling)) if rb.tier_b_cut is not None else none
+            n_a = below(lambda a: rb.tier_ratio * a)[1] if rb.tier_ratio is not None else none
+            n_b = below(const((1.0 - rb.tier_b_cut) * ceiling))[1] if rb.tier_b_cut is not None else none
     k_won = np.minimum(_cap(rb, n_valid), eligible)
     n = k + 1
     at = np.where(vx[:, None], rank, n_valid)  # the focal bid's place in the rank order
@@ -511,6 +533,21 @@ def focal_fractions(rb: Rulebook, nodes: np.ndarray, rivals: np.ndarray, ceiling
     tier[:, :1] = 0
     table = _ranked(rb, kk, n, np.full((codes.size, n), 1.0 / n), tier)
     return table[row.reshape(m, S), at]
+
+
+def _anchor_eligible(rb: Rulebook, x: np.ndarray, r: np.ndarray, vx: np.ndarray, vr: np.ndarray,
+                     n_valid: np.ndarray, lowest: np.ndarray, ceiling: float) -> np.ndarray:
+    """(m, S) valid bids at or below the mean-anchored gate: the mean moves with the focal bid, so
+    this threshold is compared with every bid of every row."""
+    m, (S, k) = x.size, r.shape
+    rows = np.empty((m, S, k + 1))  # the same sum, in the same order, as award_fractions
+    rows[:, :, 0] = np.where(vx, x, 0.0)[:, None]
+    rows[:, :, 1:] = np.where(vr, r, 0.0)[None, :, :]
+    mean = rows.reshape(m * S, k + 1).sum(axis=1).reshape(m, S) / np.maximum(n_valid, 1)
+    t = _gate_threshold(rb, lowest, mean, ceiling)
+    with np.errstate(invalid="ignore"):
+        rivals = (np.where(vr, r, np.nan).T[:, None, :] <= t[None, :, :]).sum(axis=0)
+        return (vx[:, None] & (x[:, None] <= t)) + rivals
 
 
 def _rank_order(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
