@@ -25,6 +25,23 @@ def test_forecast_files_load(name, rulebook):
     assert s.rounds[0].bid_date.year >= 2023
 
 
+@pytest.mark.parametrize("name, floor", [("batch8", 1), ("batch9", 1), ("batch10", 7), ("batch11", 7)])
+def test_entry_threshold_gives_every_molecule_its_least_bidders(name, floor):
+    """Batches 10 and 11 list only molecules with >= 7 qualified firms: every generated molecule has
+    at least that many bidders of distinct firms, and the round still has its bidding products."""
+    from vbp.market import generate_units, make_firm_pool
+
+    s = load_forecast(FORECASTS / f"{name}.toml")
+    rnd = s.rounds[0]
+    assert rnd.min_bidders == floor
+    rng = np.random.default_rng(3)
+    units = generate_units(rnd, s.agents, s.market, make_firm_pool(s.agents, rng), rng)
+    bidders = np.array([u.n for u in units])
+    assert bidders.min() >= floor
+    assert bidders.sum() == rnd.bidding_products
+    assert all(len(set(u.firm)) == u.n for u in units)
+
+
 def test_forecast_json_contract():
     r = CliRunner().invoke(cli, ["forecast", str(FORECASTS / "batch9.toml"), "-n", "3", "--workers", "1",
                                  "--json", "--set", "agents.strategy=cost_plus"])

@@ -79,6 +79,18 @@ def test_table3_volume_shares_and_contract_terms():
     assert [contract_years_for(BATCH9, k) for k in range(1, 8)] == [1, 1, 2, 3, 3, 3, 3]
 
 
+def test_packaged_contract_terms_follow_the_published_rows():
+    """vbp_facts Table 1: batch 2 1-2 winners 1 yr, 3: 2, >=4: 3; batch 3 1 winner 1 yr, 2-3: 2,
+    >=4: 3; batch 4 "as batch 3"; batches 5 and 7 Table 3 (as batch 2)."""
+    from vbp.scenario import load_scenario
+
+    s = load_scenario("national-history")
+    terms = {r.id: [contract_years_for(s.rulebook(r.rulebook), k) for k in range(1, 6)]
+             for r in s.rounds if r.id in ("batch2", "batch3", "batch4", "batch5", "batch7")}
+    assert terms == {"batch2": [1, 1, 2, 3, 3], "batch3": [1, 2, 2, 3, 3], "batch4": [1, 2, 2, 3, 3],
+                     "batch5": [1, 1, 2, 3, 3], "batch7": [1, 1, 2, 3, 3]}
+
+
 def test_lookup_uses_last_entry_and_rejects_zero():
     assert [lookup((5, 6, 7), i) for i in (1, 2, 3, 4, 99)] == [5, 6, 7, 7, 7]
     with pytest.raises(ValueError):

@@ -75,6 +75,9 @@ def test_did_you_mean_suggests_the_close_name():
     ("rounds.batch3.bid_date=2017-01-01", "bid_date"),
     ("rulebooks.batch2.volume_shares=[0.5, 1.7]", "volume_shares"),
     ("agents.cost_median_drug=nan", "cost_median_drug"),
+    ("rounds.batch5.min_bidders=7", "434 bidding products, but the round has 355"),
+    ("rounds.stents.min_bidders=2", "only a drug round"),
+    ("rounds.batch2.min_bidders=0", "min_bidders"),
 ])
 def test_bad_values_name_the_field(override, needle):
     with pytest.raises(InputError) as err:

@@ -701,6 +701,7 @@ def check(scenario, overrides):
                    f"{r.rulebook}, {r.molecules} molecules/units, bidding firms {opt(r.bidding_firms)}, bidding "
                    f"products {opt(r.bidding_products)}, market value {r.market_value_bn} bn, "
                    + (f"ceiling ratio {r.ceiling_ratio}, " if r.ceiling_ratio is not None else "")
+                   + (f"at least {r.min_bidders} bidders per molecule, " if r.min_bidders > 1 else "")
                    + f"cut base {r.cut_base}; horizon {s.start} .. {s.end}, "
                    f"sha256 {s.digest()[:12]}")
         return

@@ -113,11 +113,11 @@ def cost_distribution(agents: AgentParams, category: str, scale: float = 1.0) ->
     return CostDistribution(median=median, sigma=sigma, upper=1.5 * scale)
 
 
-def _counts(total: int, groups: int, dispersion: float, rng: np.random.Generator) -> np.ndarray:
-    """Split `total` items into `groups` counts, each >= 1, unevenly (gamma weights)."""
-    total = max(total, groups)
+def _counts(total: int, groups: int, dispersion: float, rng: np.random.Generator, floor: int = 1) -> np.ndarray:
+    """Split `total` items into `groups` counts, each >= `floor`, unevenly (gamma weights) above it."""
+    total = max(total, floor * groups)
     w = rng.gamma(dispersion, size=groups)
-    return 1 + rng.multinomial(total - groups, w / w.sum())
+    return floor + rng.multinomial(total - floor * groups, w / w.sum())
 
 
 def _pick_firms(pool: FirmPool, n_firms: int, counts: np.ndarray, distinct: bool,
@@ -174,7 +174,7 @@ def generate_units(rnd: Round, agents: AgentParams, market: MarketParams, pool: 
 
 def _drug_units(rnd, agents, market, pool, rng) -> list[Unit]:
     products, n_firms = _products_and_firms(rnd, agents)
-    counts = _counts(products, rnd.molecules, market.bidders_dispersion, rng)
+    counts = _counts(products, rnd.molecules, market.bidders_dispersion, rng, rnd.min_bidders)
     firm_lists = _pick_firms(pool, n_firms, counts, True, rng)
     w = rng.lognormal(0.0, market.molecule_value_sigma, size=rnd.molecules)
     values = rnd.market_value_bn * 1e9 * w / w.sum()

@@ -3,8 +3,8 @@
 - A molecule's cut is the mean over its winning products of 1 - award price / reference price; a
   round's average cut is the mean over its procured molecules (or device units). The reference is
   the pre-VBP price of the round's base (vbp_facts.md, Definitions); for insulin it is the ceiling.
-- `drug_avg_cut` pools the molecules of the rounds named by the target (the 234 drugs of the pilot,
-  batches 2-5 and insulin), so rounds weigh by their molecule counts, as the official 53% does.
+- `drug_avg_cut` pools the molecules of the rounds named by the target (the 157 drugs of the pilot
+  and batches 2-4), so rounds weigh by their molecule counts, as the published 53% does.
 - Official "annual savings" = (reference - price) x agreed first-year volume; realised cumulative
   savings = (reference - price) x actual purchases, month by month, up to a date. They are kept apart.
 - Intervals are the 2.5th-97.5th percentiles over replications: the spread of simulated histories

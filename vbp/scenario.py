@@ -94,6 +94,8 @@ class Round(_Frozen):
     volume_units: float | None = Field(default=None, gt=0, description="device first-year volume, units")
     contract_years: int | None = Field(default=None, ge=1, le=10, description="term override, years")
     groups: tuple[DeviceGroup, ...] | None = Field(default=None, description="device categories (joints)")
+    min_bidders: int = Field(default=1, ge=1, le=1000, description="least bidding products (of distinct "
+                             "firms) per molecule: an entry threshold, such as batches 10-11's >= 7 qualified firms")
 
     @model_validator(mode="after")
     def _joint_groups(self):
@@ -111,6 +113,15 @@ class Round(_Frozen):
         if products is not None and firms is not None and firms > products:
             raise FieldProblem("bidding_firms", f"{firms} bidding firms but {products} bidding products: "
                                "every bidding firm bids at least one product (bidding_firms <= bidding_products)")
+        floor = self.min_bidders
+        if floor > 1 and self.category != "drug":
+            raise FieldProblem("min_bidders", f"{floor}: only a drug round's molecules take an entry threshold")
+        if products is not None and floor * self.molecules > products:
+            raise FieldProblem("min_bidders", f"{floor} bidders for each of {self.molecules} molecules need "
+                               f"{floor * self.molecules} bidding products, but the round has {products}")
+        if firms is not None and floor > firms:
+            raise FieldProblem("min_bidders", f"{floor} bidders per molecule, each of its own firm, but the round "
+                               f"has {firms} bidding firms")
         return self
 
     @field_validator("provinces")
