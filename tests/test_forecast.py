@@ -42,6 +42,30 @@ def test_entry_threshold_gives_every_molecule_its_least_bidders(name, floor):
     assert all(len(set(u.firm)) == u.n for u in units)
 
 
+def _one_molecule(tmp_path, extra: str):
+    text = (FORECASTS / "batch10.toml").read_text()
+    text = "\n".join(line for line in text.splitlines()
+                     if not line.startswith(("molecules", "bidding_firms", "bidding_products", "min_bidders")))
+    p = tmp_path / "one.toml"
+    p.write_text(text.replace("[round]\n", "[round]\nmolecules = 1\n" + extra, 1))
+    return p
+
+
+def test_entry_threshold_holds_when_the_firms_are_derived(tmp_path):
+    """With only the products known, the firms worked out from them are at least the threshold."""
+    from vbp.market import generate_units, make_firm_pool
+
+    s = load_forecast(_one_molecule(tmp_path, "bidding_products = 15\nmin_bidders = 15\n"))
+    rng = np.random.default_rng(0)
+    (unit,) = generate_units(s.rounds[0], s.agents, s.market, make_firm_pool(s.agents, rng), rng)
+    assert unit.n == 15 and len(set(unit.firm)) == 15
+
+
+def test_entry_threshold_above_the_bidding_firms_is_refused(tmp_path):
+    with pytest.raises(InputError, match="20 bidders per molecule, each of its own firm, but the round has 10"):
+        load_forecast(_one_molecule(tmp_path, "bidding_products = 60\nbidding_firms = 10\nmin_bidders = 20\n"))
+
+
 def test_forecast_json_contract():
     r = CliRunner().invoke(cli, ["forecast", str(FORECASTS / "batch9.toml"), "-n", "3", "--workers", "1",
                                  "--json", "--set", "agents.strategy=cost_plus"])

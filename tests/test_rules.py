@@ -12,6 +12,7 @@ from vbp.rules import (
     RULEBOOK_KINDS,
     Award,
     Rulebook,
+    _counts_at_or_below,
     award,
     award_fractions,
     contract_years_for,
@@ -490,16 +491,28 @@ def test_focal_fractions_large_sample_with_ties(rb):
 def test_counts_at_or_below_equal_broadcast_comparison(values, t, strict):
     """The solver's counting shortcut counts what comparing every value with every threshold
     counts: valid values only, nan thresholds none, ties by `strict`."""
-    from vbp.rules import _counts_at_or_below
-
     k = min(len(v) for v in values)
     v = np.array([row[:k] for row in values], float).reshape(len(values), k)
-    valid = np.isfinite(v) & (v > 0)
+    valid = np.isfinite(v) & (v > 0) & (v <= 10.0)  # as valid_bids under a capped ceiling
     th = np.array(t, float)
     op = np.less if strict else np.less_equal
     with np.errstate(invalid="ignore"):
         expected = (valid[None] & op(v[None], th[:, None, None])).sum(axis=2)
     assert np.array_equal(_counts_at_or_below(v, valid, th, strict), expected)
+
+
+@pytest.mark.parametrize("rb, nodes, rivals", [
+    (dataclasses.replace(STENT, gate_ratio=2.0), [5.0], [[10.0, 7.0]]),  # gate == ceiling: a rival at it passes
+    (STENT, [1.0], [[10.0]]),  # a rival at the ceiling is not below it
+    (dataclasses.replace(STENT, gate_ratio=2.0, ceiling_is_cap=False), [5.0], [[10.0, 12.0]]),
+    (dataclasses.replace(STENT, ceiling_is_cap=False), [1.0], [[10.0, 11.0]]),
+])
+def test_focal_fractions_at_the_stent_gate_and_ceiling_boundaries(rb, nodes, rivals):
+    """Bids exactly at the ratio gate or the ceiling, where `<=` and `<` part ways."""
+    x, r = np.array(nodes, float), np.array(rivals, float)
+    rows = np.hstack([np.repeat(x, len(r))[:, None], np.tile(r, (len(x), 1))])
+    expected = award_fractions(rb, rows, CEILING)[:, 0].reshape(len(x), len(r))
+    assert np.array_equal(focal_fractions(rb, x, r, CEILING), expected)
 
 
 def test_focal_fractions_refuses_bad_shapes():

@@ -4,8 +4,9 @@ Per-molecule data is not public for most rounds, so each replication generates t
 round from round-level facts by this documented, seeded procedure (docs/model.md, Initialisation):
 
 1. products P: `bidding_products`, else `bidding_firms x products_per_firm`; firms F likewise.
-2. bidders per molecule n_m = 1 + Multinomial(P - M, Dirichlet(bidders_dispersion)): every listed
-   molecule has at least one bidder and the total equals P.
+2. bidders per molecule n_m = k + Multinomial(P - kM, Dirichlet(bidders_dispersion)), k the round's
+   `min_bidders` (1 unless an entry threshold is published): every listed molecule has at least k
+   bidders and the total equals P (raised to kM if smaller).
 3. firms drawn from the national pool by size, distinct within a molecule, unused firms favoured so
    that about F distinct firms bid; one bidder per molecule is the originator with probability
    `originator_bid_prob`.
@@ -147,7 +148,8 @@ def _products_and_firms(rnd: Round, agents: AgentParams) -> tuple[int, int]:
         products = max(rnd.molecules, round(firms * ppf))
     else:
         products, firms = 3 * rnd.molecules, max(1, round(3 * rnd.molecules / ppf))
-    return max(products, rnd.molecules), firms
+    floor = rnd.min_bidders  # an entry threshold: that many products, of distinct firms, per molecule
+    return max(products, floor * rnd.molecules), max(firms, floor)
 
 
 def _province_split(rnd: Round, demand: float) -> tuple[np.ndarray, np.ndarray]:

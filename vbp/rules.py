@@ -438,7 +438,7 @@ def _ranked(rb: Rulebook, k: np.ndarray, n: int, ss: np.ndarray | None, tier: np
 
 def _counts_at_or_below(values: np.ndarray, valid: np.ndarray, t: np.ndarray, strict: bool) -> np.ndarray:
     """(m, S) number of valid `values` (S, k) of each row at or below (below, if `strict`) each
-    of the m thresholds `t`, by sorting the thresholds once: O(S k log m) instead of the
+    of the m thresholds `t`, by sorting the thresholds once: O(S k log m + m S) instead of the
     O(m S k) comparisons of broadcasting. Integer counts, so exact; nan thresholds count none."""
     S, k = values.shape
     m = t.size
@@ -458,11 +458,11 @@ def focal_fractions(rb: Rulebook, nodes: np.ndarray, rivals: np.ndarray, ceiling
     profiles (S, k), with equal demand shares.
 
     Equals `award_fractions(rb, [[x, *r]], ceiling)[:, 0]` for every node x and profile r, bit
-    for bit, without sorting the rows. The focal bid's award depends only on its rank among the valid bids
-    (it is first in the row, so it wins price ties) and on the row's pattern: how many win, and
-    for insulin how many winners fall in each tier. These follow from counts against the lowest
-    valid bid, the mean valid bid (anchor gate) and the ceiling. One row per pattern present is
-    built in rank order by the same `_ranked` as award_fractions. It is what the equilibrium
+    for bit, without sorting the rows. The focal bid's award depends only on its rank among the
+    valid bids (it is first in the row, so it wins price ties) and on the row's pattern: how many
+    win, and for insulin how many winners fall in each tier. These follow from counts against the
+    lowest valid bid, the mean valid bid (anchor gate) and the ceiling. One row per pattern present
+    is built in rank order by the same `_ranked` as award_fractions. It is what the equilibrium
     solver evaluates, many thousand profiles per iteration.
 
     Counts against a threshold f(lowest), f non-decreasing (every gate but the mean anchor), need
@@ -482,16 +482,16 @@ def focal_fractions(rb: Rulebook, nodes: np.ndarray, rivals: np.ndarray, ceiling
     low_r = np.where(vr, r, np.inf).min(axis=1) if k else np.full(S, np.inf)
     lowest = np.minimum(low_x[:, None], low_r[None, :])
 
-    def below(f: Callable[[np.ndarray], np.ndarray], strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Threshold f(lowest) (m, S) and the valid bids of each row at or below it (strictly below)."""
-        t = f(lowest)
+    def below(f: Callable[[np.ndarray], np.ndarray], strict: bool = False) -> np.ndarray:
+        """(m, S) valid bids of each row at or below the threshold f(lowest) (strictly below)."""
         op = np.less if strict else np.less_equal
-        own = vx[:, None] & op(x[:, None], t)
+        own = vx[:, None] & op(x[:, None], f(lowest))
         at_x = _counts_at_or_below(r, vr, f(low_x), strict)
         at_l = (vr & op(r, f(low_r)[:, None])).sum(axis=1)
-        return t, own + np.minimum(at_x, at_l[None, :])
+        return own + np.minimum(at_x, at_l[None, :])
 
     def const(v: float) -> Callable[[np.ndarray], np.ndarray]:
+        """A threshold that does not depend on the lowest bid."""
         return lambda a: np.full(np.shape(a), v)
 
     with np.errstate(invalid="ignore"):
@@ -499,26 +499,26 @@ def focal_fractions(rb: Rulebook, nodes: np.ndarray, rivals: np.ndarray, ceiling
         if rb.kind == "multi_winner" and rb.anchor_mean_factor is not None:
             eligible = _anchor_eligible(rb, x, r, vx, vr, n_valid, lowest, ceiling)
         elif rb.kind == "multi_winner":
-            eligible = below(lambda a: _gate_threshold(rb, a, None, ceiling))[1]
+            eligible = below(lambda a: _gate_threshold(rb, a, None, ceiling))
         elif rb.kind == "stent":  # a shortlist, then a ratio gate or "below the ceiling"
             eligible = np.minimum(n_valid, rb.shortlist or k + 1)
             passing = None
             if rb.gate_ratio is not None:
-                t_gate, passing = below(lambda a: rb.gate_ratio * a)
+                passing = below(lambda a: rb.gate_ratio * a)
             if rb.win_below_ceiling:
-                under = below(const(ceiling), strict=True)[1]
+                under = below(const(ceiling), strict=True)
                 # either test: {b <= t} and {b < ceiling} are nested, so the union is the larger
-                passing = under if passing is None else np.where(t_gate >= ceiling, passing, under)
+                passing = under if passing is None else np.maximum(passing, under)
             if passing is not None:
                 eligible = np.minimum(eligible, passing)
         elif rb.kind == "joint" and rb.gate_ratio is not None:
-            eligible = below(lambda a: rb.gate_ratio * a)[1]
+            eligible = below(lambda a: rb.gate_ratio * a)
         else:
             eligible = n_valid
         if rb.kind == "insulin":  # winners in tier A1 or A (c1 + 1) and in A1 to B (c12 + 1)
             none = np.zeros_like(n_valid)
-            n_a = below(lambda a: rb.tier_ratio * a)[1] if rb.tier_ratio is not None else none
-            n_b = below(const((1.0 - rb.tier_b_cut) * ceiling))[1] if rb.tier_b_cut is not None else none
+            n_a = below(lambda a: rb.tier_ratio * a) if rb.tier_ratio is not None else none
+            n_b = below(const((1.0 - rb.tier_b_cut) * ceiling)) if rb.tier_b_cut is not None else none
     k_won = np.minimum(_cap(rb, n_valid), eligible)
     n = k + 1
     at = np.where(vx[:, None], rank, n_valid)  # the focal bid's place in the rank order
