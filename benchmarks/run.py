@@ -155,7 +155,8 @@ def cold_pool(reps: int = 2) -> dict:
     try:
         for key, init in (("one_blas_thread_s", single_threaded_blas), ("blas_default_s", None)):
             with tempfile.TemporaryDirectory() as cache:
-                os.environ["VBP_CACHE_DIR"] = cache  # every bid function is solved afresh
+                os.environ["VBP_CACHE_DIR"] = cache  # every bid function is solved afresh,
+                strategies.clear_cache()  # none inherited from this process's memory by forked workers
                 t0 = time.perf_counter()
                 with ProcessPoolExecutor(max_workers=2, initializer=init) as pool:
                     list(pool.map(_replication, [(scenario, 1, r) for r in range(reps)]))
