@@ -78,11 +78,20 @@ def test_did_you_mean_suggests_the_close_name():
     ("rounds.batch5.min_bidders=7", "434 bidding products, but the round has 355"),
     ("rounds.stents.min_bidders=2", "only a drug round"),
     ("rounds.batch2.min_bidders=0", "min_bidders"),
+    # a boolean is not a count or a number (pydantic alone would read true as 1)
+    ("rounds.batch2.min_bidders=true", "rounds.batch2.min_bidders: the boolean true"),
+    ("agents.markup=false", "agents.markup: the boolean false"),
+    ("rounds.batch3.rulebook=true", "no true/false value"),
 ])
 def test_bad_values_name_the_field(override, needle):
     with pytest.raises(InputError) as err:
         load_scenario("national-history", [override])
     assert needle in str(err.value)
+
+
+def test_boolean_fields_still_take_booleans():
+    s = load_scenario("national-history", ["dynamics.supply=true", "rules.safe_harbour=false"])
+    assert s.dynamics.supply is True and s.rules.safe_harbour is False
 
 
 def _write(tmp_path, text: str | bytes, name="s.toml") -> Path:

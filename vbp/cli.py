@@ -437,15 +437,15 @@ def _report(result, as_json: bool, out: str | None, kind: str) -> None:
     from vbp.output import PARTS, prepare_out_dir, write_run
 
     rm = metrics.round_metrics(result.frames["units"], result.frames["bids"])
-    rows, per_round = metrics.compare(result.frames, rm)
+    head = metrics.headline_metrics(result.frames)
+    rows, per_round = metrics.compare(result.frames, rm, head)
     checks = {**_validation(result, rm), "drug_cut_mae": drug_cut_mae(result, per_round)}
     doc = _result_json(result, rows, per_round, checks)
     if out:
-        head = metrics.headline_metrics(result.frames).reset_index()
         path = metrics.savings_path(result.frames["deliveries"])
         write_run(prepare_out_dir(out), kind=kind, scenario=result.scenario, seed=result.seed,
                   replications=result.replications, frames=result.frames,
-                  tables={"round_metrics": rm, "headline": head, "savings_path": path,
+                  tables={"round_metrics": rm, "headline": head.reset_index(), "savings_path": path,
                           "targets": pd.DataFrame(rows)},
                   summary=doc, wall_s=result.wall_s,
                   hint=f"all {result.replications} replications are saved in {Path(out) / PARTS}; rerun the "

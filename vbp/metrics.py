@@ -141,10 +141,12 @@ def summarize(values: pd.Series | np.ndarray) -> dict[str, float]:
     return {"mean": float(x.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(len(x))}
 
 
-def compare(frames: dict[str, pd.DataFrame], rm: pd.DataFrame | None = None) -> tuple[list[dict], list[dict]]:
-    """(headline rows, per-round rows): published beside simulated mean and interval (`rm`: the
-    frames' `round_metrics`, if already computed)."""
-    head = headline_metrics(frames)
+def compare(frames: dict[str, pd.DataFrame], rm: pd.DataFrame | None = None,
+            head: pd.DataFrame | None = None) -> tuple[list[dict], list[dict]]:
+    """(headline rows, per-round rows): published beside simulated mean and interval (`rm` and
+    `head`: the frames' `round_metrics` and `headline_metrics`, if already computed)."""
+    if head is None:
+        head = headline_metrics(frames)
     rows = []
     for t in targets():
         if t.name not in head:

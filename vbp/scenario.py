@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vbp import data
 from vbp.errors import InputError, did_you_mean
@@ -58,6 +58,16 @@ class FieldProblem(ValueError):
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v, info: ValidationInfo):
+        """A count or a number given as true/false is a typo, not 1 or 0 (pydantic would take it)."""
+        kind = str(cls.model_fields[info.field_name].annotation)
+        if isinstance(v, bool) and "bool" not in kind:
+            what = "a number" if "int" in kind or "float" in kind else "no true/false value"
+            raise ValueError(f"the boolean {str(v).lower()} given; this field takes {what}")
+        return v
 
 
 class DeviceGroup(_Frozen):
