@@ -82,6 +82,8 @@ def test_did_you_mean_suggests_the_close_name():
     ("rounds.batch2.min_bidders=true", "rounds.batch2.min_bidders: the boolean true"),
     ("agents.markup=false", "agents.markup: the boolean false"),
     ("rounds.batch3.rulebook=true", "no true/false value"),
+    ("rulebooks.batch2.gate_ratio=true", "rulebooks.batch2.gate_ratio: true: a boolean"),
+    ("rulebooks.batch2.max_winners=[1, true, 3]", "rulebooks.batch2.max_winners: [1, true, 3]: a boolean"),
 ])
 def test_bad_values_name_the_field(override, needle):
     with pytest.raises(InputError) as err:
@@ -92,6 +94,7 @@ def test_bad_values_name_the_field(override, needle):
 def test_boolean_fields_still_take_booleans():
     s = load_scenario("national-history", ["dynamics.supply=true", "rules.safe_harbour=false"])
     assert s.dynamics.supply is True and s.rules.safe_harbour is False
+    assert load_scenario("national-history", ["rulebooks.batch10.revival=false"]).rulebook("batch10").revival is False
 
 
 def _write(tmp_path, text: str | bytes, name="s.toml") -> Path:

@@ -10,6 +10,7 @@ Errors name the file, the field path, the value and what was expected.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -307,6 +308,21 @@ class Scenario(_Frozen):
     dynamics: DynamicsParams = DynamicsParams()
     rules: RuleOverrides = RuleOverrides()
     optimizer: OptimizerParams = OptimizerParams()
+
+    @field_validator("rulebooks", mode="before")
+    @classmethod
+    def _no_bool_rule_numbers(cls, v):
+        """Rule numbers reach the dataclass after pydantic has read true as 1: catch them before."""
+        kinds = {f.name: str(f.type) for f in dataclasses.fields(Rulebook)}
+        for book in v if isinstance(v, (list, tuple)) else ():
+            if not isinstance(book, dict):
+                continue
+            for key, value in book.items():
+                items = value if isinstance(value, (list, tuple)) else [value]
+                if "bool" not in kinds.get(key, "bool") and any(isinstance(x, bool) for x in items):
+                    raise FieldProblem(f"{book.get('name')}.{key}",
+                                       f"{json.dumps(value)}: a boolean where the rule takes a number")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -615,7 +631,7 @@ def _problems(exc: ValidationError, raw: dict) -> list[tuple[str, str]]:
         if err["type"] == "extra_forbidden":
             msg = f"unknown key{did_you_mean(str(loc[-1]), _allowed_keys(loc))}"
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        shown = "" if isinstance(value, dict) or isinstance(cause, FieldProblem) else f" (got {value!r})"
         problems.append((path, f"{msg}{shown}"))
     return problems
 
