@@ -84,6 +84,8 @@ def test_did_you_mean_suggests_the_close_name():
     ("rounds.batch3.rulebook=true", "no true/false value"),
     ("rulebooks.batch2.gate_ratio=true", "rulebooks.batch2.gate_ratio: true: a boolean"),
     ("rulebooks.batch2.max_winners=[1, true, 3]", "rulebooks.batch2.max_winners: [1, true, 3]: a boolean"),
+    ("rulebooks.batch2.kind=true", "rulebooks.batch2.kind: true: a boolean where the rule takes text"),
+    ("rounds.batch3.cut_base=true", "this field takes no true/false value"),
 ])
 def test_bad_values_name_the_field(override, needle):
     with pytest.raises(InputError) as err:

@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,7 +67,7 @@ class _Frozen(BaseModel):
         """A count or a number given as true/false is a typo, not 1 or 0 (pydantic would take it)."""
         kind = str(cls.model_fields[info.field_name].annotation)
         if isinstance(v, bool) and "bool" not in kind:
-            what = "a number" if "int" in kind or "float" in kind else "no true/false value"
+            what = "a number" if re.search(r"\b(int|float)\b", kind) else "no true/false value"
             raise ValueError(f"the boolean {str(v).lower()} given; this field takes {what}")
         return v
 
@@ -319,9 +320,11 @@ class Scenario(_Frozen):
                 continue
             for key, value in book.items():
                 items = value if isinstance(value, (list, tuple)) else [value]
-                if "bool" not in kinds.get(key, "bool") and any(isinstance(x, bool) for x in items):
+                kind = kinds.get(key, "bool")
+                if "bool" not in kind and any(isinstance(x, bool) for x in items):
+                    what = "a number" if re.search(r"\b(int|float)\b", kind) else "text"
                     raise FieldProblem(f"{book.get('name')}.{key}",
-                                       f"{json.dumps(value)}: a boolean where the rule takes a number")
+                                       f"{json.dumps(value)}: a boolean where the rule takes {what}")
         return v
 
     @model_validator(mode="after")
