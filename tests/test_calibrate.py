@@ -111,7 +111,8 @@ def _stand_in(base: float, weights: np.ndarray, u: np.ndarray, curve: float) -> 
     return base + float(weights @ (u - 0.4)) + curve * float(np.sum(np.sin(6 * u)))
 
 
-def _fake_drug_fit(monkeypatch, shift: dict[str, float] | None = None, curve: float = 0.0) -> cal.GroupFit:
+def _fake_drug_fit(monkeypatch, shift: dict[str, float] | None = None, curve: float = 0.0,
+                   held_out: bool = True) -> cal.GroupFit:
     """The drug group's calibration on a smooth stand-in for the simulator (each moment a fixed
     function of the unit-scaled parameters, bent by `curve` so a quadratic cannot match it), so its
     bookkeeping is checked in a second."""
@@ -132,7 +133,20 @@ def _fake_drug_fit(monkeypatch, shift: dict[str, float] | None = None, curve: fl
         return out
 
     monkeypatch.setattr(cal, "_run_tasks", fake)
-    return cal.calibrate_group(group, {}, "x", reps=1, seed=1, workers=1)
+    return cal.calibrate_group(group, {}, "x", reps=1, seed=1, workers=1, held_out=held_out)
+
+
+def test_without_held_out_refits_the_fit_is_the_same(monkeypatch):
+    """`--no-held-out` skips the refits, not any step of the fit: the same point, objective and
+    designs, and nothing out of sample recorded."""
+    full = _fake_drug_fit(monkeypatch, curve=0.02)
+    quick = _fake_drug_fit(monkeypatch, curve=0.02, held_out=False)
+    assert full.loro and not (quick.loro or quick.loro_share or quick.rolling)
+    assert quick.params == full.params and quick.objective == full.objective and quick.point == full.point
+    np.testing.assert_array_equal(quick.design_u, full.design_u)
+    assert quick.refit_control == full.refit_control
+    doc = cal.to_toml([quick], command="test", seed=1, reps=1, held_out=False)
+    assert doc["meta"]["held_out_refits"] is False and doc["loro"] == [] and "rolling" not in doc
 
 
 def test_rolling_origin_forecasts_fit_on_earlier_rounds_only(monkeypatch):
@@ -507,3 +521,35 @@ def test_calibrate_cli_merges_into_the_file_as_it_is_when_it_writes(tmp_path, mo
     r = CliRunner().invoke(cli, ["calibrate", *every, "--out", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
     assert tomllib.loads(out.read_text())["parameters"] == {"agents.cost_median_stent": 0.02}
+
+
+def test_calibrate_cli_without_held_out_drops_stale_out_of_sample_figures(tmp_path, monkeypatch):
+    """`vbp calibrate --group drug --no-held-out` into a file that holds held-out figures: they
+    belonged to other parameters, so they go; no model error is simulated; the command says so."""
+    from click.testing import CliRunner
+
+    from vbp.cli import cli
+
+    out = tmp_path / "calibration.toml"
+    out.write_text('[meta]\nfixed = []\n[parameters]\n"agents.cost_median_joint" = 0.1\n[fit]\n'
+                   '[[loro]]\nround = "batch2"\nerror = 0.01\n[model_error]\navg_cut_sd = 0.07\n')
+    seen = {}
+
+    def fake_calibrate(*, held_out=True, **kw):
+        seen["held_out"] = held_out
+        return [cal.GroupFit(group="drug", params={"agents.cost_median_drug": 0.2}, moments=[],
+                             design_u=np.zeros((1, 1)), design_y=np.zeros((1, 1)), coef=np.zeros((1, 1)),
+                             r2={}, objective_surrogate=0.0, confirmed={}, objective=0.0, loro=[], point="p")]
+
+    def no_model_error(*a, **k):
+        raise AssertionError("no model error without held-out refits")
+
+    monkeypatch.setattr(cal, "calibrate", fake_calibrate)
+    monkeypatch.setattr(cal, "model_error", no_model_error)
+    r = CliRunner().invoke(cli, ["calibrate", "--group", "drug", "--no-held-out", "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    doc = tomllib.loads(out.read_text())
+    assert seen["held_out"] is False
+    assert doc["meta"]["held_out_refits"] is False and "--no-held-out" in doc["meta"]["command"]
+    assert doc["loro"] == [] and "model_error" not in doc
+    assert doc["parameters"] == {"agents.cost_median_joint": 0.1, "agents.cost_median_drug": 0.2}

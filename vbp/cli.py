@@ -557,8 +557,12 @@ def forecast(round_file, replications, seed, workers, overrides, as_json, out, q
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Fit under this setting of a parameter that is not fitted (a model variant; repeatable). "
                    "It is written with the fitted parameters, so the simulation uses both.")
+@click.option("--held-out/--no-held-out", default=True, show_default=True,
+              help="Refit the drug group with each round left out and on the earlier rounds only, for the "
+                   "out-of-sample checks (most of the run time). --no-held-out fits the same parameters and "
+                   "records no held-out figures: for quick fits of model variants.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def calibrate(out, replications, seed, workers, groups, overrides, quiet):
+def calibrate(out, replications, seed, workers, groups, overrides, held_out, quiet):
     """Fit the structural parameters to the published moments (simulated method of moments)."""
     import tomli_w
 
@@ -583,15 +587,19 @@ def calibrate(out, replications, seed, workers, groups, overrides, quiet):
     if partial:
         _stored_calibration(path, fixed)
     fits = cal.calibrate(reps=replications, seed=seed, workers=workers or default_workers(),
-                         groups=tuple(groups) or None, progress=progress, fixed=fixed)
+                         groups=tuple(groups) or None, progress=progress, fixed=fixed, held_out=held_out)
     command = ["vbp", "calibrate", *(f"--group {g}" for g in groups), *(f"--set {t}" for t in overrides),
                f"-n {replications}", f"--seed {seed}"]
     command += [f"--workers {workers}"] if workers else []
-    doc = cal.to_toml(fits, command=" ".join(command), seed=seed, reps=replications, fixed=fixed)
-    if any(f.group == "drug" for f in fits):
+    command += [] if held_out else ["--no-held-out"]
+    doc = cal.to_toml(fits, command=" ".join(command), seed=seed, reps=replications, fixed=fixed,
+                      held_out=held_out)
+    if held_out and any(f.group == "drug" for f in fits):
         if not quiet:
             click.echo(f"  model error: {cal.MODEL_ERROR_REPS} replications of the calibrated history", err=True)
-        doc["model_error"] = cal.model_error(fits, seed=seed, workers=workers or default_workers(), fixed=fixed)
+        me = cal.model_error(fits, seed=seed, workers=workers or default_workers(), fixed=fixed)
+        if me is not None:
+            doc["model_error"] = me
     if partial:
         old = _stored_calibration(path, fixed)
         old.setdefault("parameters", {}).update(doc["parameters"])
