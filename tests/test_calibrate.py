@@ -368,7 +368,7 @@ def test_each_group_simulates_its_own_replications(monkeypatch):
     file says how many replications each fit used."""
     seen = {}
 
-    def fake(group, base, file, *, reps, seed, workers, progress=None):
+    def fake(group, base, file, *, reps, seed, workers, progress=None, held_out=True):
         seen[group.name] = reps
 
     monkeypatch.setattr(cal, "calibrate_group", fake)
@@ -425,7 +425,7 @@ def test_a_calibration_under_a_fixed_setting_fits_with_it_and_writes_it(monkeypa
 
     seen = {}
 
-    def fake(group, base, file, *, reps, seed, workers, progress=None):
+    def fake(group, base, file, *, reps, seed, workers, progress=None, held_out=True):
         seen[group.name] = base["market"]["bidder_count"]
         return cal.GroupFit(group=group.name, params={"agents.cost_median_stent": 0.02}, moments=[],
                             design_u=np.zeros((1, 1)), design_y=np.zeros((1, 1)), coef=np.zeros((1, 1)), r2={},
