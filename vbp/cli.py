@@ -591,15 +591,14 @@ def calibrate(out, replications, seed, workers, groups, overrides, held_out, qui
     command = ["vbp", "calibrate", *(f"--group {g}" for g in groups), *(f"--set {t}" for t in overrides),
                f"-n {replications}", f"--seed {seed}"]
     command += [f"--workers {workers}"] if workers else []
-    command += [] if held_out else ["--no-held-out"]
+    if not held_out:
+        command.append("--no-held-out")
     doc = cal.to_toml(fits, command=" ".join(command), seed=seed, reps=replications, fixed=fixed,
                       held_out=held_out)
     if held_out and any(f.group == "drug" for f in fits):
         if not quiet:
             click.echo(f"  model error: {cal.MODEL_ERROR_REPS} replications of the calibrated history", err=True)
-        me = cal.model_error(fits, seed=seed, workers=workers or default_workers(), fixed=fixed)
-        if me is not None:
-            doc["model_error"] = me
+        doc["model_error"] = cal.model_error(fits, seed=seed, workers=workers or default_workers(), fixed=fixed)
     if partial:
         old = _stored_calibration(path, fixed)
         old.setdefault("parameters", {}).update(doc["parameters"])

@@ -58,6 +58,11 @@ class FieldProblem(ValueError):
         self.path = path
 
 
+def _numeric(annotation: str) -> bool:
+    """Whether a field's type (as text) is a number: there a boolean would be read as 0 or 1."""
+    return re.search(r"\b(int|float)\b", annotation) is not None
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -65,10 +70,11 @@ class _Frozen(BaseModel):
     @classmethod
     def _no_bool_numbers(cls, v, info: ValidationInfo):
         """A count or a number given as true/false is a typo, not 1 or 0 (pydantic would take it)."""
-        kind = str(cls.model_fields[info.field_name].annotation)
-        if isinstance(v, bool) and "bool" not in kind:
-            what = "a number" if re.search(r"\b(int|float)\b", kind) else "no true/false value"
-            raise ValueError(f"the boolean {str(v).lower()} given; this field takes {what}")
+        if isinstance(v, bool):
+            kind = str(cls.model_fields[info.field_name].annotation)
+            if "bool" not in kind:
+                what = "a number" if _numeric(kind) else "no true/false value"
+                raise ValueError(f"the boolean {str(v).lower()} given; this field takes {what}")
         return v
 
 
@@ -322,7 +328,7 @@ class Scenario(_Frozen):
                 items = value if isinstance(value, (list, tuple)) else [value]
                 kind = kinds.get(key, "bool")
                 if "bool" not in kind and any(isinstance(x, bool) for x in items):
-                    what = "a number" if re.search(r"\b(int|float)\b", kind) else "text"
+                    what = "a number" if _numeric(kind) else "text"
                     raise FieldProblem(f"{book.get('name')}.{key}",
                                        f"{json.dumps(value)}: a boolean where the rule takes {what}")
         return v
