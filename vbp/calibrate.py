@@ -157,7 +157,11 @@ def moments_for(rounds: tuple[str, ...]) -> list[Moment]:
 
     table = read_toml("rounds.toml")["rounds"]
     listed = {k: v["molecules"]["value"] for k, v in table.items()}
-    bidders = {k: v.get("bidding_firms", {}).get("value") for k, v in table.items()}
+    # the share of bidders that win only where the bidder count is published (H/M): the expansion's
+    # 77 is an unverified figure (batch 2 also has 77, as its winning firms) and insulin's 12 an
+    # assumption, so their shares would measure a guess, not the model
+    bidders = {k: v["bidding_firms"]["value"] for k, v in table.items()
+               if v.get("bidding_firms", {}).get("confidence") in ("H", "M")}
     # products counted only where published (H/M): elsewhere they come from an assumed products-per-firm
     products = {k: v["bidding_products"]["value"] for k, v in table.items()
                 if v.get("bidding_products", {}).get("confidence") in ("H", "M")}
@@ -176,7 +180,7 @@ def moments_for(rounds: tuple[str, ...]) -> list[Moment]:
         if won and units and rid not in ("joints", "insulin") and (rid in products or rid in ("pilot", "stents")):
             per = won / units
             out.append(Moment(f"{rid}.winners_per_unit", rid, "winners_per_unit", per, 0.15 * per))
-        if t.get("winning_firms") and bidders.get(rid) and rid != "insulin":  # insulin bidders are L
+        if t.get("winning_firms") and bidders.get(rid):
             share = t["winning_firms"] / bidders[rid]
             out.append(Moment(f"{rid}.winner_share", rid, "winner_share", share, _SCALES["winner_share"]))
         if t.get("products_won") and rid not in ("stents", "joints", "insulin"):  # molecules with a winner
