@@ -93,7 +93,10 @@ class Group:
     name: str
     rounds: tuple[str, ...]  # rounds simulated for this group (including predecessors)
     params: tuple[Param, ...]
-    design: int  # Sobol design size
+    # Sobol design size. Every refit's spline is fitted through this design, so it decides which
+    # basin each refinement starts in: the drug group's seven parameters need far more points than
+    # the quadratic's 36 coefficients (docs/validation.md, "How far the search can be trusted").
+    design: int
     # replications per point = `reps` x this: a round of few competition units is noisy, and its
     # moments need more replications to be measured as well as the scales assume
     reps_scale: int = 1
@@ -114,7 +117,7 @@ GROUPS = (
               "ceilings of batches 2-7 / pre-VBP reference prices: not published; batches 2-5 publish cuts against "
               "the reference, batch 7 against the ceiling, so the two sets of cuts measure it",
               prior=1.0, prior_sd=0.25),
-    ), 48),
+    ), 160),
     Group("stent", ("stents",), (Param("agents.cost_median_stent", 0.005, 0.2, "stent unit cost"),), 8),
     Group("joint", ("joints",), (
         Param("agents.cost_median_joint", 0.02, 0.5, "joint unit cost"),
