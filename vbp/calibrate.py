@@ -383,8 +383,9 @@ def calibrate_group(group: Group, base_raw: dict, file: str, *, reps: int, seed:
 
 
 def _local_size(group: Group) -> int:
-    """Points of a local design: more than the quadratic has coefficients, or its R² means nothing."""
-    return max(8, group.design // 2, _features(np.zeros((1, len(group.params)))).shape[1] + 8)
+    """Points of a local design: more than the quadratic has coefficients, or its R² means nothing.
+    Not tied to the global design's size: the local designs are most of a calibration's run time."""
+    return max(8, _features(np.zeros((1, len(group.params)))).shape[1] + 8)
 
 
 def _local_sobol(dim: int, seed: int, design: int) -> qmc.Sobol:
