@@ -559,3 +559,12 @@ def test_calibrate_cli_without_held_out_drops_stale_out_of_sample_figures(tmp_pa
     assert doc["meta"]["held_out_refits"] is False and "--no-held-out" in doc["meta"]["command"]
     assert doc["loro"] == [] and "model_error" not in doc
     assert doc["parameters"] == {"agents.cost_median_joint": 0.1, "agents.cost_median_drug": 0.2}
+
+
+def test_local_design_size_does_not_follow_the_global_design():
+    """The local designs are most of a calibration's run time: a larger global design (which every
+    refit's spline needs) must not make each of them larger too."""
+    drug = cal.GROUPS[0]
+    n = cal._local_size(drug)
+    assert n == cal._features(np.zeros((1, len(drug.params)))).shape[1] + 8  # 36 coefficients + 8
+    assert cal._local_size(dataclasses.replace(drug, design=4 * drug.design)) == n
