@@ -160,14 +160,15 @@ def moments_for(rounds: tuple[str, ...]) -> list[Moment]:
 
     table = read_toml("rounds.toml")["rounds"]
     listed = {k: v["molecules"]["value"] for k, v in table.items()}
-    # the share of bidders that win only where the bidder count is published (H/M): the expansion's
-    # 77 is an unverified figure (batch 2 also has 77, as its winning firms) and insulin's 12 an
+
+    def published(name: str) -> dict:  # a round field's value, where published (H/M) only
+        return {k: v[name]["value"] for k, v in table.items() if v.get(name, {}).get("confidence") in ("H", "M")}
+    # the share of bidders that win only where the bidder count is published: the expansion's 77 is
+    # an unverified figure (batch 2 also has 77, as its winning firms) and insulin's 12 an
     # assumption, so their shares would measure a guess, not the model
-    bidders = {k: v["bidding_firms"]["value"] for k, v in table.items()
-               if v.get("bidding_firms", {}).get("confidence") in ("H", "M")}
-    # products counted only where published (H/M): elsewhere they come from an assumed products-per-firm
-    products = {k: v["bidding_products"]["value"] for k, v in table.items()
-                if v.get("bidding_products", {}).get("confidence") in ("H", "M")}
+    bidders = published("bidding_firms")
+    # products counted only where published: elsewhere they come from an assumed products-per-firm
+    products = published("bidding_products")
     out = []
     for rid in rounds:
         t = metrics.round_targets().get(rid, {})
